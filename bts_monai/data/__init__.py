@@ -1,0 +1,1 @@
+"""Datasets: discovery (folder -> datalist), transforms, DataModule, synthetic sample, cache, download."""

@@ -1,0 +1,296 @@
+"""MONAI dictionary transform pipelines for BraTS volumes, BraTS slices and LGG slices.
+
+Every step is a MONAI transform where MONAI has one. Two are ours, each an array class plus a
+dictionary wrapper like MONAI's own:
+
+* :class:`LabelsToTarget` — MONAI's ``ConvertToMultiChannelBasedOnBratsClasses`` hard-codes the
+  2017-2021 values (4 = ET); ours follows a :class:`~bts_monai.labels.LabelScheme` and rejects
+  values outside it, naming the file.
+* :class:`LoadTiffSlices` — MONAI's readers stack a list of files along a new *first* axis and
+  transpose PIL images; LGG needs RGB slices as channels and slices stacked along the last
+  (through-plane) axis, so a patient becomes a ``(3, H, W, N)`` volume.
+
+The pipelines split into a deterministic part (load, orient, crop to the brain, normalise,
+convert labels: what caches compute once) and a random part (crops, flips, intensity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+    SqueezeDimd,
+    Transform,
+)
+
+from bts_monai.errors import BtsInputError
+from bts_monai.labels import LabelScheme, get_scheme
+
+__all__ = [
+    "LabelsToTarget",
+    "LabelsToTargetd",
+    "LoadTiffSlices",
+    "LoadTiffSlicesd",
+    "intensity_transform",
+    "deterministic_transforms",
+    "random_transforms",
+    "train_transforms",
+    "val_transforms",
+]
+
+INTENSITY_MODES = ("zscore", "minmax", "unit")
+
+
+def _source_name(data: Any) -> str | None:
+    meta = getattr(data, "meta", None) or {}
+    name = meta.get("filename_or_obj")
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    return None if name is None else str(name)
+
+
+class LabelsToTarget(Transform):
+    """Label map ``(1, *spatial)`` -> training target, following a label scheme.
+
+    Args:
+        scheme: the dataset's label scheme (or its name).
+        mode: ``"regions"`` -> one float channel per (overlapping) region, for sigmoid outputs;
+            ``"labels"`` -> one channel of consecutive class indices, for softmax outputs.
+
+    Raises:
+        BtsInputError: the label holds values outside the scheme (names the source file).
+    """
+
+    def __init__(self, scheme: LabelScheme | str, mode: str = "regions") -> None:
+        if mode not in ("regions", "labels"):
+            raise ValueError(f"label mode must be 'regions' or 'labels', not {mode!r}")
+        self.scheme = get_scheme(scheme)
+        self.mode = mode
+
+    def __call__(self, label: torch.Tensor | np.ndarray) -> torch.Tensor:
+        arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        arr = np.rint(arr[0]).astype(np.int64)
+        source = _source_name(label)
+        if self.mode == "regions":
+            out = self.scheme.to_regions(arr, source).astype(np.float32)
+        else:
+            out = self.scheme.to_index_map(arr, source)[None].astype(np.float32)
+        if isinstance(label, MetaTensor):
+            return MetaTensor(torch.from_numpy(out), meta=label.meta, applied_operations=label.applied_operations)
+        return torch.from_numpy(out)
+
+
+class LabelsToTargetd(MapTransform):
+    """Dictionary wrapper of :class:`LabelsToTarget`."""
+
+    def __init__(
+        self, keys: KeysCollection, scheme: LabelScheme | str, mode: str = "regions", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = LabelsToTarget(scheme, mode)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class LoadTiffSlices(Transform):
+    """Read TIFF slices and stack them along a new last axis, channels first.
+
+    An RGB slice ``(H, W, 3)`` becomes ``(3, H, W)``; a mask ``(H, W)`` becomes ``(1, H, W)``;
+    ``N`` files give ``(C, H, W, N)``. Slice order is the order given (discovery sorts numerically).
+
+    Raises:
+        BtsInputError: an unreadable file, or slices of different sizes.
+    """
+
+    def __call__(self, paths: str | Sequence[str]) -> MetaTensor:
+        import tifffile
+
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        if not paths:
+            raise BtsInputError(None, "no TIFF slices given")
+        arrays = []
+        for p in paths:
+            try:
+                a = np.asarray(tifffile.imread(p))
+            except Exception as exc:
+                raise BtsInputError(p, f"cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
+            a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+            if arrays and a.shape != arrays[0].shape:
+                raise BtsInputError(p, f"slice shape {a.shape[1:]} differs from {arrays[0].shape[1:]} of {paths[0]}")
+            arrays.append(a)
+        vol = np.stack(arrays, axis=-1).astype(np.float32)
+        return MetaTensor(torch.from_numpy(vol), meta={"filename_or_obj": paths[0], "slices": len(paths)})
+
+
+class LoadTiffSlicesd(MapTransform):
+    """Dictionary wrapper of :class:`LoadTiffSlices`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadTiffSlices()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+def intensity_transform(mode: str, key: str = "image") -> MapTransform:
+    """The intensity normalisation shared by training, caching and inference.
+
+    ``zscore``: per channel, over the brain (non-zero voxels), as nnU-Net does for MRI;
+    ``minmax``: per channel to [0, 1]; ``unit``: uint8 images (LGG) divided by 255.
+    """
+    if mode == "zscore":
+        return NormalizeIntensityd(keys=key, nonzero=True, channel_wise=True)
+    if mode == "minmax":
+        return ScaleIntensityd(keys=key, minv=0.0, maxv=1.0, channel_wise=True)
+    if mode == "unit":
+        return ScaleIntensityRanged(keys=key, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)
+    raise ValueError(f"intensity must be one of {INTENSITY_MODES}, not {mode!r}")
+
+
+def deterministic_transforms(
+    scheme: LabelScheme | str,
+    kind: str = "nifti",
+    intensity: str = "zscore",
+    label_mode: str = "regions",
+    spacing: Sequence[float] | None = None,
+    crop_foreground: bool = True,
+    with_label: bool = True,
+) -> Compose:
+    """Load -> channels first -> RAS -> (resample) -> target -> crop to brain -> normalise.
+
+    Args:
+        kind: ``"nifti"`` (``image`` is a list of modality files, ``label`` a file) or
+            ``"tiff"`` (``image``/``label`` are lists of slice files).
+    """
+    keys = ["image", "label"] if with_label else ["image"]
+    if kind == "nifti":
+        steps: list[Any] = [
+            LoadImaged(keys=keys, image_only=True),
+            EnsureChannelFirstd(keys=keys),
+            Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        ]
+        if spacing:
+            modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+            steps.append(Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes))
+    elif kind == "tiff":
+        steps = [LoadTiffSlicesd(keys=keys)]
+    else:
+        raise ValueError(f"unknown input kind {kind!r}")
+    if with_label:
+        steps.append(LabelsToTargetd(keys="label", scheme=scheme, mode=label_mode))
+    if crop_foreground and kind == "nifti":
+        # BraTS volumes are mostly zero background: train and infer inside the brain's box.
+        steps.append(CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+    steps += [intensity_transform(intensity), CastToTyped(keys=keys, dtype=np.float32)]
+    return Compose(steps)
+
+
+def random_transforms(
+    roi_size: Sequence[int],
+    spatial_dims: int = 3,
+    num_samples: int = 1,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    augment: bool = True,
+) -> Compose:
+    """Random patches (positive/negative sampling inside the brain), flips and intensity jitter.
+
+    For 2D training from 3D stacks, ``roi_size`` is ``(H, W)``: patches of one slice are cut
+    with depth 1 and squeezed; slices come from inside the brain's bounding box, so slices with
+    no brain are skipped.
+    """
+    keys = ["image", "label"]
+    roi = list(roi_size)
+    crop_roi = roi + [1] if spatial_dims == 2 else roi
+    # RandCropByPosNegLabeld treats channel 0 of a multi-channel label as background and takes
+    # the union of the rest: for TC/WT/ET targets that union is WT, the whole tumour.
+    # Negatives need no brain mask: the deterministic part already cropped to the brain's box,
+    # so every slice (and nearly every voxel) it draws from holds brain.
+    steps: list[Any] = [
+        SpatialPadd(keys=keys, spatial_size=crop_roi),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=crop_roi,
+            pos=pos,
+            neg=neg,
+            num_samples=num_samples,
+            allow_smaller=False,
+        ),
+    ]
+    if spatial_dims == 2:
+        steps.append(SqueezeDimd(keys=keys, dim=-1))
+    if augment:
+        steps += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(spatial_dims)]
+        steps += [
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ]
+    steps.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
+    return Compose(steps)
+
+
+def train_transforms(
+    scheme: LabelScheme | str,
+    roi_size: Sequence[int],
+    kind: str = "nifti",
+    spatial_dims: int = 3,
+    intensity: str = "zscore",
+    label_mode: str = "regions",
+    spacing: Sequence[float] | None = None,
+    num_samples: int = 1,
+    augment: bool = True,
+) -> Compose:
+    """The whole training chain: :func:`deterministic_transforms` then :func:`random_transforms`."""
+    return Compose(
+        [
+            deterministic_transforms(scheme, kind, intensity, label_mode, spacing),
+            random_transforms(roi_size, spatial_dims, num_samples, augment=augment),
+        ]
+    )
+
+
+def val_transforms(
+    scheme: LabelScheme | str,
+    kind: str = "nifti",
+    intensity: str = "zscore",
+    label_mode: str = "regions",
+    spacing: Sequence[float] | None = None,
+) -> Compose:
+    """Validation: the deterministic part on the whole volume (or LGG patient stack)."""
+    return Compose(
+        [
+            deterministic_transforms(scheme, kind, intensity, label_mode, spacing),
+            EnsureTyped(keys=["image", "label"], dtype=torch.float32),
+        ]
+    )

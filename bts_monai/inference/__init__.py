@@ -1,0 +1,1 @@
+"""Inference: Predictor, geometry round trip, report, overlay."""

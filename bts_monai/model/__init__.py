@@ -1,0 +1,1 @@
+"""The LightningModule, its losses and metrics."""
