@@ -1,0 +1,624 @@
+"""Evaluate predicted segmentations against ground truth: per-case, per-region metrics and a summary.
+
+Predictions and ground truth are files or folders; cases are paired by case id, taken from
+the file names (``<case>_seg.nii.gz``, ``<case>-seg.nii.gz``, ``<case>_pred.nii.gz`` or
+``<case>.nii.gz``) or, for the Kaggle LGG data, from the patient folder holding the
+``<patient>_<n>_mask.tif`` slices. Unpaired cases are reported, never silently dropped.
+
+Every pair must share its grid (shape and affine): nothing is resampled. The metrics are the
+ones training uses, from :mod:`bts_monai.model.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from bts_monai.errors import BtsInputError
+from bts_monai.labels import LabelScheme, get_scheme
+from bts_monai.model.metrics import METRIC_NAMES, region_metrics
+from bts_monai.model.metrics import lesion_wise as lesion_wise_scores
+
+__all__ = [
+    "CaseMatch",
+    "EvaluationResult",
+    "STATISTICS",
+    "case_id",
+    "evaluate",
+    "find_cases",
+    "format_summary",
+    "match_cases",
+    "plot",
+    "resolve_scheme",
+    "summarize",
+    "write_csv",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+STATISTICS = ("mean", "std", "median", "p25", "p75")
+"""Statistics :func:`summarize` reports for every metric and region."""
+
+# Schemes "auto" chooses between for NIfTI, first fit wins; BraTS 2024 must be asked for.
+_AUTO_NIFTI_SCHEMES = ("brats2021", "brats2023", "lgg")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CASE_SUFFIXES = ("_seg", "-seg", "_pred", "-pred")
+_GT_SUFFIXES = ("_seg", "-seg")
+_MASK_SLICE = re.compile(r"_(\d+)_mask\.tiff?$", re.IGNORECASE)
+_AFFINE_ATOL = 1e-4
+_LESION_KEYS = ("dice", "hd95", "tp", "fn", "fp")
+_SUMMARY_CASE_ID = "summary"
+
+
+@dataclass(frozen=True)
+class CaseMatch:
+    """Predictions paired with ground truth by case id.
+
+    Attributes:
+        pairs: ``(case_id, prediction, ground_truth)`` sorted by case id.
+        unmatched_pred: case id -> prediction without ground truth.
+        unmatched_gt: case id -> ground truth without prediction.
+    """
+
+    pairs: list[tuple[str, Path, Path]]
+    unmatched_pred: dict[str, Path] = field(default_factory=dict)
+    unmatched_gt: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` found.
+
+    Attributes:
+        rows: one dict per case and region: ``case_id``, ``region`` and the metrics.
+        summary: :func:`summarize` of ``rows``.
+        unmatched_pred: case id -> prediction that has no ground truth.
+        unmatched_gt: case id -> ground truth that has no prediction.
+        schemes: case id -> name of the label scheme its labels were read with.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    unmatched_pred: dict[str, Path] = field(default_factory=dict)
+    unmatched_gt: dict[str, Path] = field(default_factory=dict)
+    schemes: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(_NIFTI_SUFFIXES)
+
+
+def _mask_slices(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and _MASK_SLICE.search(p.name) and not p.name.startswith(".")]
+
+
+def _is_case_source(path: Path) -> bool:
+    """A single NIfTI file or an LGG patient folder of mask slices."""
+    if path.is_file():
+        return _is_nifti(path)
+    return path.is_dir() and bool(_mask_slices(path))
+
+
+def case_id(path: PathLike) -> str:
+    """The case id a segmentation file or LGG patient folder stands for.
+
+    ``BraTS2021_00000_seg.nii.gz``, ``BraTS2021_00000.nii.gz`` and ``BraTS2021_00000_pred.nii.gz``
+    all give ``BraTS2021_00000``; ``BraTS-GLI-00000-000-seg.nii.gz`` gives ``BraTS-GLI-00000-000``;
+    a folder ``TCGA_CS_4941_19960909`` gives its own name.
+    """
+    path = Path(path)
+    name = path.name
+    if path.is_dir():
+        return name
+    for ext in _NIFTI_SUFFIXES:
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for suffix in _CASE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_cases(path: PathLike, ground_truth: bool = False) -> list[Path]:
+    """Segmentations under ``path``: NIfTI files and LGG patient folders, searched recursively.
+
+    Args:
+        path: a NIfTI file, an LGG patient folder, or a folder holding either (at any depth).
+        ground_truth: keep only ``*_seg``/``*-seg`` NIfTI files, so the image volumes of a
+            BraTS case folder are not taken for labels.
+
+    Returns:
+        The segmentation files and LGG patient folders, sorted.
+
+    Raises:
+        BtsInputError: when ``path`` does not exist or is neither a NIfTI file nor a folder.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise BtsInputError(root, "does not exist")
+    if root.is_file():
+        if not _is_nifti(root):
+            raise BtsInputError(root, "is neither a NIfTI file (.nii, .nii.gz) nor a folder")
+        return [root]
+    if _is_case_source(root):
+        return [root]
+    found: list[Path] = []
+    seen: set[str] = set()
+    # Links are followed (datasets are often split into folders of links); `seen` stops loops.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        for name in sorted(filenames):
+            file = here / name
+            if name.startswith(".") or not _is_nifti(file):
+                continue
+            if ground_truth and not _stem(name).endswith(_GT_SUFFIXES):
+                continue
+            found.append(file)
+        if here != root and any(_MASK_SLICE.search(n) for n in filenames):
+            found.append(here)
+    return sorted(found)
+
+
+def _stem(name: str) -> str:
+    for ext in _NIFTI_SUFFIXES:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _by_case(paths: Iterable[PathLike]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        cid = case_id(path)
+        if cid in out:
+            raise BtsInputError(path, f"case {cid!r} is also given by {out[cid]}; keep one of them")
+        out[cid] = path
+    return out
+
+
+def match_cases(pred_paths: Iterable[PathLike], gt_paths: Iterable[PathLike]) -> CaseMatch:
+    """Pair prediction and ground-truth segmentations by :func:`case_id`.
+
+    Raises:
+        BtsInputError: when one case id is given by two files on the same side.
+    """
+    preds, gts = _by_case(pred_paths), _by_case(gt_paths)
+    pairs = [(cid, preds[cid], gts[cid]) for cid in sorted(preds.keys() & gts.keys())]
+    return CaseMatch(
+        pairs=pairs,
+        unmatched_pred={cid: preds[cid] for cid in sorted(preds.keys() - gts.keys())},
+        unmatched_gt={cid: gts[cid] for cid in sorted(gts.keys() - preds.keys())},
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _Segmentation:
+    """A label map whose geometry is known before its voxels are read."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray | None  # None for TIFF stacks, which carry no geometry
+    spacing: tuple[float, ...]
+    read: Callable[[], np.ndarray]
+
+    @property
+    def is_tiff(self) -> bool:
+        return self.affine is None
+
+
+def _open(path: Path) -> _Segmentation:
+    if path.is_dir():
+        stack = _read_mask_stack(path)
+        return _Segmentation(path, stack.shape, None, (1.0,) * stack.ndim, lambda: stack)
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise BtsInputError(path, f"cannot read NIfTI file ({exc})") from exc
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+        raise BtsInputError(path, f"expected a 3-D label map, got shape {shape}")
+    spatial = shape[:3]
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+
+    def read() -> np.ndarray:
+        try:
+            data = np.asanyarray(image.dataobj)
+        except Exception as exc:
+            raise BtsInputError(path, f"cannot read NIfTI data ({exc})") from exc
+        return _as_labels(data.reshape(spatial), path)
+
+    return _Segmentation(path, spatial, np.asarray(image.affine, dtype=float), zooms, read)
+
+
+def _as_labels(data: np.ndarray, path: Path) -> np.ndarray:
+    if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
+        return data
+    if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+        raise BtsInputError(path, "holds non-integer values; expected a label map, not probabilities")
+    return data.astype(np.int64)
+
+
+def _read_mask_stack(folder: Path) -> np.ndarray:
+    """LGG mask slices ``<patient>_<n>_mask.tif`` stacked in slice order into ``(H, W, N)``."""
+    import tifffile
+
+    files = sorted(_mask_slices(folder), key=lambda p: int(_MASK_SLICE.search(p.name).group(1)))  # type: ignore[union-attr]
+    slices = []
+    for file in files:
+        try:
+            mask = np.asarray(tifffile.imread(file))
+        except Exception as exc:
+            raise BtsInputError(file, f"cannot read TIFF mask ({exc})") from exc
+        if mask.ndim == 3 and mask.shape[-1] in (3, 4):  # RGB(A)-saved greyscale mask
+            mask = mask[..., 0]
+        if mask.ndim != 2:
+            raise BtsInputError(file, f"expected a 2-D mask slice, got shape {mask.shape}")
+        if slices and mask.shape != slices[0].shape:
+            raise BtsInputError(file, f"slice shape {mask.shape} differs from {files[0].name} {slices[0].shape}")
+        slices.append(mask)
+    return np.stack(slices, axis=-1)
+
+
+def _check_geometry(pred: _Segmentation, gt: _Segmentation) -> None:
+    if pred.shape != gt.shape:
+        raise BtsInputError(
+            pred.path, f"shape {pred.shape} differs from ground truth {gt.path} shape {gt.shape}; nothing is resampled"
+        )
+    if pred.affine is not None and gt.affine is not None:
+        if not np.allclose(pred.affine, gt.affine, atol=_AFFINE_ATOL):
+            raise BtsInputError(
+                pred.path,
+                f"affine differs from ground truth {gt.path} "
+                f"({np.round(pred.affine, 4).tolist()} vs {np.round(gt.affine, 4).tolist()}); nothing is resampled",
+            )
+
+
+def _values(label: np.ndarray) -> set[int]:
+    flat = label.ravel()
+    if flat.size and np.issubdtype(flat.dtype, np.integer) and flat.min() >= 0 and flat.max() < 1 << 16:
+        return {int(v) for v in np.flatnonzero(np.bincount(flat))}
+    return {int(v) for v in np.unique(flat)}
+
+
+def resolve_scheme(
+    gt_values: Iterable[int],
+    pred_values: Iterable[int],
+    gt_path: PathLike | None = None,
+    pred_path: PathLike | None = None,
+) -> LabelScheme:
+    """The label scheme ``scheme="auto"`` picks for a NIfTI pair.
+
+    The first of brats2021, brats2023 and lgg whose labels hold every ground-truth value and
+    every predicted value: BraTS 2017-2021 unless the enhancing-tumour label of BraTS 2023
+    appears. A ground truth with only labels both BraTS schemes share (so identical regions)
+    lets the prediction decide.
+
+    Raises:
+        BtsInputError: when the ground truth fits none of them (pass a scheme), or the
+            prediction fits none of those the ground truth fits.
+    """
+    gt_set, pred_set = set(gt_values), set(pred_values)
+    candidates = [get_scheme(name) for name in _AUTO_NIFTI_SCHEMES]
+    fits_gt = [s for s in candidates if gt_set <= set(s.labels)]
+    if not fits_gt:
+        raise BtsInputError(
+            gt_path,
+            f"label values {sorted(gt_set)} fit none of the label schemes {list(_AUTO_NIFTI_SCHEMES)}; "
+            "name the scheme (e.g. --scheme brats2024)",
+        )
+    for scheme in fits_gt:
+        if pred_set <= set(scheme.labels):
+            return scheme
+    names = [s.name for s in fits_gt]
+    raise BtsInputError(
+        pred_path,
+        f"label values {sorted(pred_set)} do not fit the label scheme of ground truth {gt_path} "
+        f"({' or '.join(names)}, values {fits_gt[0].all_values})",
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_case(
+    pred: PathLike,
+    gt: PathLike,
+    scheme: str | LabelScheme = "auto",
+    lesion_wise_metrics: bool = False,
+    dilation: int = 3,
+    min_volume: int = 50,
+    case: str | None = None,
+) -> tuple[list[dict[str, Any]], LabelScheme]:
+    """Metrics of one prediction against its ground truth, one row per region.
+
+    Args:
+        pred: prediction NIfTI file or LGG folder of mask slices.
+        gt: ground-truth NIfTI file or LGG patient folder.
+        scheme: a label scheme or its name, or ``"auto"`` (see :func:`evaluate`).
+        lesion_wise_metrics: add the BraTS 2023 lesion-wise columns ``lesion_*``.
+        dilation: lesion-wise dilation iterations.
+        min_volume: lesion-wise minimum lesion size (voxels).
+        case: the case id for the rows (default: :func:`case_id` of ``gt``).
+
+    Returns:
+        The rows and the scheme used.
+
+    Raises:
+        BtsInputError: unreadable file, grid mismatch (naming both files) or label values
+            outside the scheme (naming the file).
+    """
+    pred_path, gt_path = Path(pred), Path(gt)
+    p_seg, g_seg = _open(pred_path), _open(gt_path)
+    _check_geometry(p_seg, g_seg)
+    p_lab, g_lab = p_seg.read(), g_seg.read()
+    if isinstance(scheme, str) and scheme.lower() == "auto":
+        if g_seg.is_tiff:
+            chosen = get_scheme("lgg")
+        else:
+            chosen = resolve_scheme(_values(g_lab), _values(p_lab), gt_path, pred_path)
+    else:
+        chosen = get_scheme(scheme)
+    ref_regions = chosen.to_regions(g_lab, str(gt_path))
+    pred_regions = chosen.to_regions(p_lab, str(pred_path))
+    spacing = g_seg.spacing
+    per_region = region_metrics(pred_regions, ref_regions, chosen.region_names, spacing)
+    cid = case if case is not None else case_id(gt_path)
+    rows: list[dict[str, Any]] = []
+    for index, region in enumerate(chosen.region_names):
+        row: dict[str, Any] = {"case_id": cid, "region": region, **per_region[region]}
+        if lesion_wise_metrics:
+            scores = lesion_wise_scores(
+                pred_regions[index], ref_regions[index], spacing, dilation=dilation, min_volume_voxels=min_volume
+            )
+            row.update({f"lesion_{key}": scores[key] for key in _LESION_KEYS})
+        rows.append(row)
+    return rows, chosen
+
+
+def evaluate(
+    pred: PathLike,
+    gt: PathLike,
+    scheme: str | LabelScheme = "auto",
+    lesion_wise: bool = False,
+    dilation: int = 3,
+    min_volume: int = 50,
+) -> EvaluationResult:
+    """Evaluate predictions against ground truth, case by case and region by region.
+
+    Args:
+        pred: a prediction file, LGG mask folder, or a folder of them.
+        gt: a ground-truth file, LGG patient folder, or a dataset folder (BraTS
+            ``<case>_seg.nii.gz`` flat or in case folders, or LGG patient folders).
+            A prediction file (or LGG mask folder) given with a ``gt`` that holds one case is
+            paired with it whatever the names.
+        scheme: ``"brats2021"``, ``"brats2023"``, ``"lgg"`` (any :func:`get_scheme` name) or
+            ``"auto"``: lgg for TIFF masks; for NIfTI see :func:`resolve_scheme`.
+        lesion_wise: add BraTS 2023 lesion-wise Dice/HD95 and lesion counts.
+        dilation: lesion-wise dilation iterations (BraTS-GLI: 3).
+        min_volume: lesion-wise minimum lesion size in voxels (BraTS-GLI: 50).
+
+    Returns:
+        Rows, summary and the unmatched cases.
+
+    Raises:
+        BtsInputError: missing input, no ground truth, no matching case, or a bad pair.
+    """
+    pred_root, gt_root = Path(pred), Path(gt)
+    gt_found = find_cases(gt_root, ground_truth=True)
+    pred_found = find_cases(pred_root)
+    if not gt_found:
+        raise BtsInputError(
+            gt_root,
+            "no ground truth found: expected <case>_seg.nii.gz files (flat or in case folders) "
+            "or LGG patient folders of *_mask.tif slices",
+        )
+    if _is_case_source(pred_root) and len(gt_found) == 1:
+        # One named prediction against one ground truth: the user paired them.
+        match = CaseMatch(pairs=[(case_id(gt_found[0]), pred_root, gt_found[0])])
+    else:
+        match = match_cases(pred_found, gt_found)
+    for cid, path in match.unmatched_pred.items():
+        logger.warning("prediction without ground truth: %s (%s)", cid, path)
+    for cid, path in match.unmatched_gt.items():
+        logger.warning("ground truth without prediction: %s (%s)", cid, path)
+    if not match.pairs:
+        raise BtsInputError(pred_root, f"no prediction matches a ground-truth case in {gt_root}")
+
+    rows: list[dict[str, Any]] = []
+    schemes: dict[str, str] = {}
+    for cid, p_path, g_path in tqdm(match.pairs, desc="evaluating", unit="case", disable=None, leave=False):
+        case_rows, used = evaluate_case(
+            p_path, g_path, scheme, lesion_wise_metrics=lesion_wise, dilation=dilation, min_volume=min_volume, case=cid
+        )
+        rows.extend(case_rows)
+        schemes[cid] = used.name
+        logger.debug("evaluated %s with the %s scheme", cid, used.name)
+    return EvaluationResult(
+        rows=rows,
+        summary=summarize(rows),
+        unmatched_pred=match.unmatched_pred,
+        unmatched_gt=match.unmatched_gt,
+        schemes=schemes,
+    )
+
+
+# --------------------------------------------------------------------------- summary and output
+
+
+def _metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        for key, value in row.items():
+            if key in ("case_id", "region", "statistic") or key in columns:
+                continue
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                columns.append(key)
+    return columns
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, (population) std, median, 25th and 75th percentile of every metric per region.
+
+    Returns:
+        One dict per region and statistic: ``region``, ``statistic`` (one of
+        :data:`STATISTICS`), ``cases`` (rows in that region) and one value per metric;
+        NaN values are left out of the statistics.
+    """
+    columns = _metric_columns(rows)
+    regions = list(dict.fromkeys(row["region"] for row in rows))
+    out: list[dict[str, Any]] = []
+    for region in regions:
+        subset = [row for row in rows if row["region"] == region]
+        stats: dict[str, dict[str, float]] = {s: {} for s in STATISTICS}
+        for column in columns:
+            values = np.asarray([float(r[column]) for r in subset if column in r], dtype=float)
+            values = values[~np.isnan(values)]
+            if values.size == 0:
+                computed = dict.fromkeys(STATISTICS, math.nan)
+            else:
+                computed = {
+                    "mean": float(np.mean(values)),
+                    "std": float(np.std(values)),
+                    "median": float(np.median(values)),
+                    "p25": float(np.percentile(values, 25)),
+                    "p75": float(np.percentile(values, 75)),
+                }
+            for stat in STATISTICS:
+                stats[stat][column] = computed[stat]
+        for stat in STATISTICS:
+            out.append({"region": region, "statistic": stat, "cases": len(subset), **stats[stat]})
+    return out
+
+
+def _atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise BtsInputError(path, f"cannot write ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
+            write(fh)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _format_value(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return "nan" if math.isnan(value) else format(float(value), ".10g")
+    return value
+
+
+def write_csv(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], path: PathLike) -> Path:
+    """Write per-case rows, then summary rows, to one CSV file (atomically).
+
+    Columns: ``case_id, region, statistic`` and the metrics. Case rows leave ``statistic``
+    empty; summary rows have ``case_id`` ``summary`` and the statistic's name.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    header = ["case_id", "region", "statistic", *_metric_columns(rows)]
+
+    def write(fh: IO[str]) -> None:
+        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _format_value(row.get(key, "")) for key in header})
+        for row in summary:
+            filled = {**row, "case_id": _SUMMARY_CASE_ID}
+            writer.writerow({key: _format_value(filled.get(key, "")) for key in header})
+
+    _atomic_write(path, write)
+    logger.info("wrote %s", path)
+    return path
+
+
+def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
+    """Box plots of Dice and HD95 (and the lesion-wise scores, when present) per region.
+
+    The format follows the file suffix (``.png``, ``.pdf``, ``.svg``...); written atomically.
+
+    Returns:
+        The path written.
+    """
+    # The object API with the Agg canvas leaves pyplot's global backend alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    columns = _metric_columns(rows)
+    metrics = [m for m in ("dice", "hd95", "lesion_dice", "lesion_hd95") if m in columns]
+    regions = list(dict.fromkeys(row["region"] for row in rows))
+    fig = Figure(figsize=(4.0 * max(len(metrics), 1), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        data = [[float(r[metric]) for r in rows if r["region"] == region] for region in regions]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(regions) + 1), regions)
+        ax.set_title(metric.replace("_", " ") + (" (mm)" if metric.endswith("hd95") else ""))
+        ax.grid(axis="y", alpha=0.3)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    _atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120), binary=True)
+    logger.info("wrote %s", path)
+    return path
+
+
+def format_summary(result: EvaluationResult) -> str:
+    """A plain-text table of mean ± std per region, and the unmatched cases."""
+    means = {row["region"]: row for row in result.summary if row["statistic"] == "mean"}
+    stds = {row["region"]: row for row in result.summary if row["statistic"] == "std"}
+    shown = [m for m in (*METRIC_NAMES[:5], "lesion_dice", "lesion_hd95") if any(m in row for row in means.values())]
+    header = ["region", "cases", *[m + (" (mm)" if m.endswith("hd95") else "") for m in shown]]
+    table = [header]
+    for region, mean in means.items():
+        cells = [region, str(mean["cases"])]
+        for metric in shown:
+            digits = 2 if metric.endswith("hd95") else 4
+            cells.append(f"{mean[metric]:.{digits}f} ± {stds[region][metric]:.{digits}f}")
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    used = sorted(set(result.schemes.values()))
+    lines.insert(0, f"{len(result.schemes)} case(s), label scheme {', '.join(used)}; mean ± std")
+    for title, unmatched in (
+        ("prediction(s) without ground truth", result.unmatched_pred),
+        ("ground truth without prediction", result.unmatched_gt),
+    ):
+        if unmatched:
+            lines.append(f"{len(unmatched)} {title}:")
+            lines.extend(f"  {cid}  {path}" for cid, path in unmatched.items())
+    return "\n".join(lines)
