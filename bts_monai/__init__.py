@@ -21,6 +21,8 @@ _EXPORTS = {
     "make_datalist": "bts_monai.data.discovery",
     "read_datalist": "bts_monai.data.discovery",
     "write_datalist": "bts_monai.data.discovery",
+    "evaluate": "bts_monai.evaluation",
+    "download_dataset": "bts_monai.data.download",
 }
 
 __all__ = ["__version__", *_EXPORTS]
