@@ -1,0 +1,125 @@
+"""Load a training checkpoint for inference: the network (eval mode) and its inference config.
+
+A checkpoint of :class:`~bts_monai.model.module.BratsSegModule` holds, beside Lightning's usual
+keys, ``"bts_inference"``: the network's ``class_path``/``init_args`` and the data settings
+(modalities, label scheme and mode, 2D/3D, patch size, intensity normalisation, spacing), so a
+predictor rebuilds everything from the file alone, like nnU-Net's model folders. Loading never
+unpickles code (``torch.load(weights_only=True)``), and the network class must come from a
+trusted package unless the caller says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bts_monai.errors import BtsInputError
+from bts_monai.model.module import INFERENCE_KEY, build_network
+
+__all__ = ["load_checkpoint", "read_inference_config", "TRUSTED_NETWORK_PACKAGES", "REQUIRED_KEYS"]
+
+TRUSTED_NETWORK_PACKAGES: tuple[str, ...] = ("monai.", "bts_monai.", "torch.nn.")
+"""Packages a checkpoint's network ``class_path`` may come from (importing runs module code)."""
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "net",
+    "modalities",
+    "dataset",
+    "scheme",
+    "label_mode",
+    "spatial_dims",
+    "roi_size",
+    "intensity",
+    "spacing",
+)
+"""Keys of the inference config every checkpoint carries."""
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.exists():
+        raise BtsInputError(path, "checkpoint file does not exist")
+    if not path.is_file():
+        raise BtsInputError(path, "not a file (give the .ckpt file, e.g. runs/<name>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, pickled code: many exception types
+        raise BtsInputError(
+            path, f"not a readable checkpoint, corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise BtsInputError(path, "not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def _check_config(path: Path, config: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise BtsInputError(path, f"not a bts_monai checkpoint (no {INFERENCE_KEY!r} entry)")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise BtsInputError(path, f"checkpoint's inference config lacks {', '.join(missing)}")
+    net = config["net"]
+    if not isinstance(net, dict) or not net.get("class_path") or not isinstance(net.get("init_args"), dict):
+        raise BtsInputError(
+            path,
+            "the checkpoint does not say how to build its network (train through the CLI, or make the "
+            "network with bts_monai.model.module.build_network)",
+        )
+    return config
+
+
+def read_inference_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The inference config of a checkpoint, without building the network.
+
+    Raises:
+        BtsInputError: missing, corrupt or foreign file.
+    """
+    path = Path(path)
+    return _check_config(path, _read(path, "cpu").get(INFERENCE_KEY))
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    trusted: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained network from a checkpoint.
+
+    Args:
+        path: a ``.ckpt`` written while training with :class:`~bts_monai.model.module.BratsSegModule`.
+        map_location: where to load the tensors.
+        trusted: allow a network ``class_path`` outside :data:`TRUSTED_NETWORK_PACKAGES`.
+
+    Returns:
+        ``(network, config)``: the network in eval mode with the trained weights, and the
+        inference config (``net`` with ``class_path``/``init_args``, ``modalities``, ``dataset``,
+        ``scheme``, ``label_mode``, ``spatial_dims``, ``roi_size``, ``intensity``, ``spacing``).
+
+    Raises:
+        BtsInputError: the file is missing, corrupt or truncated, not a checkpoint of this
+            project, names an untrusted network class, or its weights do not fit the network.
+    """
+    path = Path(path)
+    ckpt = _read(path, map_location)
+    config = _check_config(path, ckpt.get(INFERENCE_KEY))
+    class_path = config["net"]["class_path"]
+    if not trusted and not class_path.startswith(TRUSTED_NETWORK_PACKAGES):
+        raise BtsInputError(
+            path, f"network class {class_path} is outside {list(TRUSTED_NETWORK_PACKAGES)}; pass trusted=True"
+        )
+    try:
+        net = build_network(class_path, config["net"]["init_args"])
+    except Exception as exc:
+        raise BtsInputError(path, f"cannot build network {class_path} ({type(exc).__name__}: {exc})") from exc
+    prefix = "net."
+    weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise BtsInputError(path, f"weights do not fit {class_path}: {exc}") from exc
+    net.to(map_location)
+    net.eval()
+    return net, dict(config)
