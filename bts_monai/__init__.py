@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "BratsDataModule": "bts_monai.data.datamodule",
+    "BratsSegModule": "bts_monai.model.module",
+    "load_checkpoint": "bts_monai.model.checkpoint",
     "BtsInputError": "bts_monai.errors",
     "LabelScheme": "bts_monai.labels",
     "get_scheme": "bts_monai.labels",
