@@ -1,0 +1,166 @@
+"""``bts-infer INPUT... --ckpt run.ckpt``: segment scans; thin wrapper over :meth:`Predictor.run`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bts_monai.cli._common import EXIT_BAD_INPUT, exits_on_bad_input, setup_logging
+from bts_monai.data.discovery import BRATS_MODALITIES
+from bts_monai.errors import BtsInputError
+from bts_monai.inference.predictor import (
+    NO_DEFAULT_MODEL,
+    PRECISIONS,
+    CaseResult,
+    Predictor,
+    default_model_path,
+    one_line,
+)
+
+PROG = "bts-infer"
+
+EPILOG = """\
+inputs:
+  a BraTS case folder          <case>/<case>_{flair,t1,t1ce,t2}.nii.gz, found by suffix
+  a 4D NIfTI                   modalities on the last axis, in the model's order (else --channel-order)
+  explicit files               --flair F --t1 F --t1ce F --t2 F (those the model reads)
+  LGG slices (2D LGG models)   a .tif slice, or a patient folder of <patient>_<n>.tif slices
+  many                         several of the above, or a folder of them: one after another, a bad
+                               case is reported and skipped; exit status 2 if any failed
+
+outputs:
+  the segmentation has the input's shape, affine and qform/sform codes, uint8, with the dataset's
+  own label values (BraTS 2017-2021: 0, 1, 2, 4). Default name <case>_seg.nii.gz in the current
+  folder; -o names the file (one input) or the folder (several). LGG: <case>_seg.tif, one mask
+  (a slice) or a multi-page stack with a page per slice (a patient); -o X.nii.gz gives an
+  (H, W, slices) NIfTI stack instead.
+  --probabilities  <case>_prob_<REGION>.nii.gz beside it: int16 with scl_slope 1/32767 (NIfTI has
+                   no float16; every reader returns floats in [0, 1])
+  --report         voxel counts and volumes (mL, from the header's voxel size) per label and region
+  --overlay        the regions in colour on axial, coronal and sagittal slices through the tumour
+
+examples:
+  bts-infer BraTS2021_00000/ --ckpt run.ckpt -o seg.nii.gz --report r.json --overlay o.png
+  bts-infer cases/ --ckpt run.ckpt -o out/ --report volumes.csv
+  bts-infer --flair f.nii.gz --t1 t1.nii.gz --t1ce t1ce.nii.gz --t2 t2.nii.gz --ckpt run.ckpt
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Segment brain tumours with a trained bts_monai model. The network, modalities, label "
+        "scheme, patch size and normalisation come from the checkpoint; no other flag is needed.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="case folders, 4D NIfTI, TIFF slices or folders of them")
+    p.add_argument("--ckpt", metavar="PATH", help="checkpoint from `bts-train fit` (default: the packaged model)")
+    p.add_argument("-o", "--output", metavar="PATH", help="output file (one input) or folder (several)")
+    files = p.add_argument_group("explicit modality files (one case)")
+    for m in BRATS_MODALITIES:
+        files.add_argument(f"--{m}", metavar="F", help=f"the {m} NIfTI")
+    p.add_argument(
+        "--channel-order",
+        metavar="NAMES",
+        help="comma-separated names of a 4D NIfTI's channels along its last axis (default: the model's order)",
+    )
+    out = p.add_argument_group("extra outputs")
+    out.add_argument("--probabilities", action="store_true", help="also write per-region probability maps")
+    out.add_argument("--report", metavar="PATH", help="volumes as .json or .csv (one file for all cases)")
+    out.add_argument("--overlay", metavar="PATH", help="three-plane overlay .png (several inputs: a folder)")
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    speed.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's choice)")
+    speed.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
+    speed.add_argument("--tta", action="store_true", help="average over mirror flips (8x slower in 3D)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
+    p.add_argument("--trusted", action="store_true", help="allow a network class from outside monai/bts_monai")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    return p
+
+
+def format_summary(results: Sequence[CaseResult]) -> str:
+    """The table printed after several cases: status, volumes (mL) per region, time, output or error."""
+    regions: list[str] = []
+    for r in results:
+        regions += [k for k in r.volumes_ml if k not in regions]
+    head = ["case", "status", *[f"{k} mL" for k in regions], "s", "output / problem"]
+    rows = []
+    for r in results:
+        vols = [("-" if r.volumes_ml.get(k) is None else f"{r.volumes_ml[k]:.2f}") for k in regions]
+        where = str(r.outputs[0]) if r.ok and r.outputs else (r.error or "")
+        rows.append([r.case_id, "ok" if r.ok else "FAILED", *vols, f"{r.seconds:.1f}", where])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    widths[-1] = 0
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *rows]]
+    n_bad = sum(not r.ok for r in results)
+    lines.append(f"{len(results) - n_bad} of {len(results)} cases segmented" + (f", {n_bad} failed" if n_bad else ""))
+    return "\n".join(lines)
+
+
+@exits_on_bad_input
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bts-infer``; returns the exit status (2: bad input, or a case of several failed)."""
+    try:
+        return _main(argv)
+    except BtsInputError as exc:
+        raise one_line(exc) from exc
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    files = {m: getattr(args, m) for m in BRATS_MODALITIES if getattr(args, m)}
+    if not args.inputs and not files:
+        raise BtsInputError(None, "no input: give a case folder, a 4D NIfTI, TIFF slices, or --flair/--t1/--t1ce/--t2")
+    ckpt = args.ckpt
+    if ckpt is None:
+        tiff = any(str(i).lower().endswith((".tif", ".tiff")) for i in args.inputs)
+        ckpt = default_model_path("lgg" if tiff else "brats")
+        if ckpt is None:
+            raise BtsInputError(None, NO_DEFAULT_MODEL)
+    try:
+        predictor = Predictor.from_checkpoint(
+            ckpt,
+            trusted=args.trusted,
+            device=args.device,
+            overlap=args.overlap,
+            tta=args.tta,
+            precision=args.precision,
+            threads=args.threads,
+        )
+    except ValueError as exc:
+        if isinstance(exc, BtsInputError):
+            raise
+        raise BtsInputError(None, str(exc)) from exc
+    order = [c.strip() for c in args.channel_order.split(",")] if args.channel_order else None
+    results = predictor.run(
+        args.inputs,
+        args.output,
+        files=files or None,
+        channel_order=order,
+        probabilities=args.probabilities,
+        report=args.report,
+        overlay=args.overlay,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    if len(results) == 1 and results[0].ok:
+        r = results[0]
+        vols = ", ".join(f"{k} {v:.2f} mL" for k, v in r.volumes_ml.items() if v is not None)
+        print(f"{r.case_id}: {', '.join(str(o) for o in r.outputs)}" + (f" ({vols})" if vols else ""))
+    else:
+        print(format_summary(results))
+    if args.report and len(results) > 1 and any(r.ok for r in results):
+        print(f"report: {args.report}")
+    return 0 if all(r.ok for r in results) else EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

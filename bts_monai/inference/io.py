@@ -1,0 +1,615 @@
+"""Inference inputs and outputs: what the user gave -> checked arrays; predictions -> files.
+
+Input forms (:func:`expand_inputs` then :func:`resolve_input`, or :func:`explicit_case`):
+
+* a 4D NIfTI whose last axis holds the modalities (in the model's order unless told otherwise);
+* a BraTS case folder (``<case>_{flair,t1,t1ce,t2}.nii[.gz]``, found by their suffix);
+* explicit files, one per modality;
+* an LGG ``.tif`` slice or a patient folder of slices (for 2D LGG models);
+* a folder of any of the above, expanded into one case each.
+
+:func:`load_case` reads a case and checks it (shapes and affines agree, no NaN/Inf, not all zero,
+NIfTI where NIfTI is due, 3D where the model is 3D), raising :class:`~bts_monai.errors.BtsInputError`
+that names the file and the problem. Every output file is written atomically
+(:class:`StagedFiles`): a temporary name in the same folder, renamed once everything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bts_monai.errors import BtsInputError
+
+__all__ = [
+    "LGG_CHANNELS",
+    "CaseInput",
+    "LoadedCase",
+    "ModelInputs",
+    "StagedFiles",
+    "atomic_path",
+    "expand_inputs",
+    "resolve_input",
+    "explicit_case",
+    "load_case",
+    "nifti_like",
+    "tiff_display_affine",
+    "is_nifti_path",
+    "is_tiff_path",
+    "strip_image_suffix",
+]
+
+logger = logging.getLogger(__name__)
+
+LGG_CHANNELS: tuple[str, ...] = ("pre-contrast", "flair", "post-contrast")
+"""The RGB channels of a Kaggle LGG slice, in order."""
+
+_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+_TIFF = re.compile(r"\.tiff?$", re.IGNORECASE)
+_BRATS_FILE = re.compile(r"^(?P<case>.+)_(?P<kind>flair|t1ce|t1|t2)\.nii(\.gz)?$", re.IGNORECASE)
+_LGG_MASK = re.compile(r"_mask\.tiff?$", re.IGNORECASE)
+_LGG_SLICE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
+# Labels and our own outputs, skipped when a folder of cases is expanded.
+_NOT_A_CASE = re.compile(r"(_seg|_segm|_prob_[A-Za-z0-9-]+)\.nii(\.gz)?$", re.IGNORECASE)
+_OTHER_IMAGE = re.compile(r"\.(png|jpe?g|bmp|gif|dcm|mha|mhd|nrrd|mgz)$", re.IGNORECASE)
+
+
+def is_nifti_path(path: str | os.PathLike[str]) -> bool:
+    """Whether the name ends in ``.nii`` or ``.nii.gz``."""
+    return bool(_NIFTI.search(os.fspath(path)))
+
+
+def is_tiff_path(path: str | os.PathLike[str]) -> bool:
+    """Whether the name ends in ``.tif`` or ``.tiff``."""
+    return bool(_TIFF.search(os.fspath(path)))
+
+
+def strip_image_suffix(name: str) -> str:
+    """``case.nii.gz`` -> ``case``; ``slice_3.tif`` -> ``slice_3``."""
+    return _TIFF.sub("", _NIFTI.sub("", name))
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model reads: its channels, 2D or 3D, and whether it segments LGG TIFF slices.
+
+    Args:
+        modalities: channel names in the network's order (BraTS modalities, or :data:`LGG_CHANNELS`).
+        spatial_dims: 2 (slice by slice) or 3.
+        tiff: the model segments RGB TIFF slices (Kaggle LGG) rather than NIfTI volumes.
+    """
+
+    modalities: tuple[str, ...]
+    spatial_dims: int = 3
+    tiff: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelInputs:
+        """From a checkpoint's inference config."""
+        tiff = str(config.get("dataset", "")).lower() == "lgg" or tuple(config["modalities"]) == LGG_CHANNELS
+        return cls(tuple(config["modalities"]), int(config["spatial_dims"]), tiff)
+
+    def describe(self) -> str:
+        """E.g. ``a 3D model of flair, t1, t1ce, t2 NIfTI volumes``."""
+        if self.tiff:
+            return "a 2D model of RGB TIFF slices (pre-contrast, FLAIR, post-contrast)"
+        return f"a {self.spatial_dims}D model of {', '.join(self.modalities)} NIfTI volumes"
+
+
+@dataclass
+class CaseInput:
+    """One case, resolved to files but not read yet.
+
+    Args:
+        case_id: name used for outputs (``<case_id>_seg.nii.gz``).
+        kind: ``"nifti"`` (one file per modality), ``"nifti4d"`` (one 4D file) or ``"tiff"``.
+        source: what the user gave (file or folder), for messages and reports.
+        files: modality -> path (``"nifti"``), or ``{"image": path}`` (``"nifti4d"``).
+        slices: TIFF slice paths in slice order (``"tiff"``).
+        channel_order: names of a 4D file's channels along its last axis (default: the model's).
+    """
+
+    case_id: str
+    kind: str
+    source: str
+    files: dict[str, str] = field(default_factory=dict)
+    slices: list[str] = field(default_factory=list)
+    channel_order: tuple[str, ...] | None = None
+
+
+@dataclass
+class LoadedCase:
+    """A checked case in its original voxel grid.
+
+    Args:
+        case_id: see :class:`CaseInput`.
+        source: see :class:`CaseInput`.
+        kind: ``"nifti"`` or ``"tiff"``.
+        image: ``(C, *spatial)`` float32, channels in the model's order, the file's own grid
+            (TIFF: ``(3, H, W, N)``, slices along the last axis).
+        affine: voxel -> world (mm) matrix; for TIFF a display affine (:func:`tiff_display_affine`).
+        reference: the NIfTI image whose header the outputs copy (``None`` for TIFF).
+        slices: TIFF slice paths (``[]`` for NIfTI).
+        channels: channel names of ``image``.
+    """
+
+    case_id: str
+    source: str
+    kind: str
+    image: np.ndarray
+    affine: np.ndarray
+    reference: Any = None
+    slices: list[str] = field(default_factory=list)
+    channels: tuple[str, ...] = ()
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape of the voxel grid."""
+        return tuple(self.image.shape[1:])
+
+    @property
+    def voxel_size(self) -> tuple[float, ...] | None:
+        """Voxel size in mm from the header, ``None`` when unknown (TIFF slices)."""
+        if self.reference is None:
+            return None
+        return tuple(float(z) for z in self.reference.header.get_zooms()[:3])
+
+    def display_channel(self) -> np.ndarray:
+        """The channel to draw overlays on: FLAIR when present, else the first."""
+        idx = self.channels.index("flair") if "flair" in self.channels else 0
+        return self.image[idx]
+
+
+# ---- input discovery ---------------------------------------------------------------------------
+def _brats_files(folder: Path) -> dict[str, list[Path]]:
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        m = _BRATS_FILE.match(p.name)
+        if m and p.is_file() and not p.name.startswith("."):
+            found.setdefault(m.group("kind").lower(), []).append(p)
+    return found
+
+
+def _tiff_slices(folder: Path) -> list[Path]:
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and is_tiff_path(p) and not _LGG_MASK.search(p.name) and not p.name.startswith(".")
+    ]
+
+
+def _is_case_folder(folder: Path) -> bool:
+    return bool(_brats_files(folder)) or bool(_tiff_slices(folder))
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The cases the user's paths stand for: files and case folders as given, and the cases
+    found at any depth inside a folder of cases.
+
+    A folder of cases contributes each sub-folder holding BraTS modality files or TIFF slices and
+    each NIfTI file directly inside it; other files (``data.csv``, READMEs, labels and earlier
+    outputs: ``*_seg.nii.gz``, ``*_prob_<REGION>.nii.gz``) are ignored. Paths
+    that do not exist are kept, so the caller reports them as bad cases.
+
+    Raises:
+        BtsInputError: a folder holds no case at all.
+    """
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir() or _is_case_folder(path):
+            out.append(path)
+            continue
+        found = _cases_in(path)
+        if not found:
+            raise BtsInputError(
+                path,
+                "no case found: expected BraTS case folders (<case>_{flair,t1,t1ce,t2}.nii.gz), "
+                "4D NIfTI files, or LGG patient folders of .tif slices",
+            )
+        out += found
+    return out
+
+
+def _cases_in(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            found += [p] if _is_case_folder(p) else _cases_in(p)
+        elif is_nifti_path(p) and not _NOT_A_CASE.search(p.name):
+            found.append(p)
+    return found
+
+
+def resolve_input(
+    path: str | os.PathLike[str], model: ModelInputs, channel_order: Sequence[str] | None = None
+) -> CaseInput:
+    """Decide what one path is (4D NIfTI, case folder, TIFF slice, patient folder) for ``model``.
+
+    Args:
+        path: a file or a case folder (see :func:`expand_inputs` for folders of cases).
+        model: what the model reads.
+        channel_order: names of a 4D NIfTI's channels along its last axis (default: the model's).
+
+    Raises:
+        BtsInputError: the path is missing or of a kind the model cannot read.
+    """
+    path = Path(path)
+    src = str(path)
+    if not path.exists():
+        raise BtsInputError(path, "does not exist")
+    if path.is_dir():
+        slices = _tiff_slices(path)
+        if slices:
+            if not model.tiff:
+                raise BtsInputError(path, f"holds 2D TIFF slices, but the checkpoint is {model.describe()}")
+            return CaseInput(path.name, "tiff", src, slices=[str(p) for p in _sort_slices(slices)])
+        brats = _brats_files(path)
+        if not brats:
+            raise BtsInputError(path, "no BraTS modality files (<case>_flair.nii.gz, ...) or TIFF slices here")
+        if model.tiff:
+            raise BtsInputError(path, f"holds NIfTI volumes, but the checkpoint is {model.describe()}")
+        for kind, files in brats.items():
+            if len(files) > 1:
+                raise BtsInputError(path, f"two {kind} files: {', '.join(f.name for f in files)}")
+        missing = [m for m in model.modalities if m not in brats]
+        if missing:
+            raise BtsInputError(
+                path,
+                f"no {' or '.join(missing)} file (expected <case>_{missing[0]}.nii.gz); "
+                f"the model needs {', '.join(model.modalities)}",
+            )
+        first = brats[model.modalities[0]][0]
+        case_id = _BRATS_FILE.match(first.name).group("case")  # type: ignore[union-attr]
+        return CaseInput(case_id, "nifti", src, files={m: str(brats[m][0]) for m in model.modalities})
+    # a file
+    if is_tiff_path(path) or _OTHER_IMAGE.search(path.name):
+        if _LGG_MASK.search(path.name):
+            raise BtsInputError(path, "is a mask (…_mask.tif), not an image slice")
+        if not model.tiff:
+            raise BtsInputError(path, f"is a 2D image file, but the checkpoint is {model.describe()}")
+        if not is_tiff_path(path):
+            raise BtsInputError(path, "not a TIFF file (LGG slices are .tif)")
+        return CaseInput(strip_image_suffix(path.name), "tiff", src, slices=[src])
+    if not is_nifti_path(path):
+        raise BtsInputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    if model.tiff:
+        raise BtsInputError(path, f"is a NIfTI volume, but the checkpoint is {model.describe()}")
+    m = _BRATS_FILE.match(path.name)
+    if len(model.modalities) == 1 and _header_ndim(path) == 3:
+        case_id = m.group("case") if m else strip_image_suffix(path.name)
+        return CaseInput(case_id, "nifti", src, {model.modalities[0]: src})
+    order = tuple(channel_order) if channel_order else None
+    return CaseInput(strip_image_suffix(path.name), "nifti4d", src, files={"image": src}, channel_order=order)
+
+
+def _sort_slices(slices: Iterable[Path]) -> list[Path]:
+    def key(p: Path) -> tuple[int, str]:
+        m = _LGG_SLICE.match(p.name)
+        return (int(m.group("n")) if m else 0, p.name)
+
+    return sorted(slices, key=key)
+
+
+def _header_ndim(path: Path) -> int:
+    return len(_squeezed_shape(_nib_load(path).shape))
+
+
+def explicit_case(
+    files: dict[str, str | os.PathLike[str]], model: ModelInputs, case_id: str | None = None
+) -> CaseInput:
+    """A case from one file per modality (``--flair F --t1 F ...``).
+
+    Raises:
+        BtsInputError: a modality the model needs is not given, or one it does not read is.
+    """
+    given = {k: os.fspath(v) for k, v in files.items() if v}
+    if model.tiff:
+        raise BtsInputError(None, f"explicit modality files were given, but the checkpoint is {model.describe()}")
+    missing = [m for m in model.modalities if m not in given]
+    if missing:
+        raise BtsInputError(
+            None,
+            f"missing modality: --{' --'.join(missing)} (the model needs {', '.join(model.modalities)})",
+        )
+    unused = [m for m in given if m not in model.modalities]
+    if unused:
+        logger.warning("ignoring %s: the model reads only %s", ", ".join(unused), ", ".join(model.modalities))
+    first = Path(given[model.modalities[0]])
+    m = _BRATS_FILE.match(first.name)
+    cid = case_id or (m.group("case") if m else strip_image_suffix(first.name))
+    return CaseInput(cid, "nifti", str(first), files={k: given[k] for k in model.modalities})
+
+
+# ---- reading and checking ----------------------------------------------------------------------
+def _nib_load(path: Path) -> Any:
+    import nibabel as nib
+
+    if not path.exists():
+        raise BtsInputError(path, "does not exist")
+    if not path.is_file():
+        raise BtsInputError(path, "is a folder, not a NIfTI file")
+    if not is_nifti_path(path):
+        raise BtsInputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for foreign or corrupt files
+        raise BtsInputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise BtsInputError(path, f"not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def _squeezed_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """Drop trailing singleton axes beyond the third (``(X, Y, Z, 1)`` is a 3D volume)."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _check_spatial(path: Path, shape: Sequence[int], model: ModelInputs) -> None:
+    if len(shape) < 3 or (model.spatial_dims == 3 and min(shape[:3]) == 1):
+        raise BtsInputError(path, f"is a 2D image (shape {tuple(shape)}), but the checkpoint is {model.describe()}")
+
+
+def _spatial_shape(path: Path, img: Any, model: ModelInputs, modality: str) -> tuple[int, ...]:
+    """The 3D grid of a one-modality file; a 2D slice counts as one slice deep for 2D models."""
+    shape = _squeezed_shape(img.shape)
+    if len(shape) > 3:
+        raise BtsInputError(path, f"expected a 3D {modality} volume, got shape {tuple(img.shape)}".replace("  ", " "))
+    if len(shape) == 2 and model.spatial_dims == 2:
+        shape = (*shape, 1)
+    _check_spatial(path, shape, model)
+    return shape
+
+
+def _read_voxels(path: Path, img: Any, out: np.ndarray, what: str = "") -> None:
+    """Decode into ``out`` (float32) and check the values."""
+    try:
+        out[...] = np.asanyarray(img.dataobj).reshape(out.shape)
+    except Exception as exc:  # truncated gzip, short file
+        raise BtsInputError(path, f"cannot read the voxels, the file is corrupt or truncated ({exc})") from exc
+    _check_values(path, out, what)
+
+
+def _check_values(path: Path | str, arr: np.ndarray, what: str = "") -> None:
+    if not np.isfinite(arr).all():
+        n = int(arr.size - np.isfinite(arr).sum())
+        raise BtsInputError(path, f"{what}contains {n} NaN or Inf voxels")
+    if not arr.any():
+        raise BtsInputError(path, f"{what}is empty: every voxel is zero")
+
+
+def load_case(case: CaseInput, model: ModelInputs) -> LoadedCase:
+    """Read and check one case for ``model`` (see the module docstring for the checks).
+
+    Raises:
+        BtsInputError: naming the file and the problem.
+    """
+    if case.kind == "tiff":
+        return _load_tiff(case, model)
+    if case.kind == "nifti4d":
+        return _load_nifti4d(case, model)
+    return _load_nifti(case, model)
+
+
+def _load_nifti(case: CaseInput, model: ModelInputs) -> LoadedCase:
+    images = []
+    ref_path: Path | None = None
+    for m in model.modalities:
+        if m not in case.files:
+            raise BtsInputError(case.source, f"no {m} file; the model needs {', '.join(model.modalities)}")
+        path = Path(case.files[m])
+        img = _nib_load(path)
+        shape = _spatial_shape(path, img, model, m)
+        if images:
+            ref = images[0]
+            ref_shape = _spatial_shape(ref_path, ref, model, "")  # type: ignore[arg-type]
+            if shape != ref_shape:
+                raise BtsInputError(path, f"shape {shape} differs from {ref_path.name}'s {ref_shape}")  # type: ignore[union-attr]
+            if not np.allclose(img.affine, ref.affine, atol=1e-3):
+                raise BtsInputError(
+                    path,
+                    f"affine differs from {ref_path.name}'s (modalities not co-registered)",  # type: ignore[union-attr]
+                )
+        else:
+            ref_path = path
+        images.append(img)
+    shape = _spatial_shape(ref_path, images[0], model, "")  # type: ignore[arg-type]
+    data = np.empty((len(images), *shape), dtype=np.float32)
+    for c, (m, img) in enumerate(zip(model.modalities, images)):
+        _read_voxels(Path(case.files[m]), img, data[c])
+        img.uncache()
+    return LoadedCase(
+        case.case_id, case.source, "nifti", data, np.asarray(images[0].affine), images[0], channels=model.modalities
+    )
+
+
+def _load_nifti4d(case: CaseInput, model: ModelInputs) -> LoadedCase:
+    path = Path(case.files["image"])
+    img = _nib_load(path)
+    shape = _squeezed_shape(img.shape)
+    order = tuple(case.channel_order) if case.channel_order else model.modalities
+    if len(shape) == 3:
+        _check_spatial(path, shape, model)
+        raise BtsInputError(
+            path,
+            f"is a single 3D volume, but the model needs {len(model.modalities)} modalities "
+            f"({', '.join(model.modalities)}): give a 4D NIfTI, the case folder, or one file per modality",
+        )
+    if len(shape) != 4:
+        if len(shape) > 4:
+            raise BtsInputError(path, f"expected a 4D NIfTI (x, y, z, modality), got shape {tuple(img.shape)}")
+        _check_spatial(path, shape, model)
+    _check_spatial(path, shape[:3], model)
+    if shape[3] != len(order):
+        raise BtsInputError(
+            path,
+            f"has {shape[3]} channels on its last axis, but {len(order)} are expected ({', '.join(order)}); "
+            "name them with --channel-order",
+        )
+    missing = [m for m in model.modalities if m not in order]
+    if missing:
+        raise BtsInputError(path, f"channel order {', '.join(order)} lacks {', '.join(missing)} that the model needs")
+    try:
+        raw = np.asanyarray(img.dataobj).reshape(shape)
+    except Exception as exc:
+        raise BtsInputError(path, f"cannot read the voxels, the file is corrupt or truncated ({exc})") from exc
+    data = np.empty((len(model.modalities), *shape[:3]), dtype=np.float32)
+    for c, m in enumerate(model.modalities):
+        data[c] = raw[..., order.index(m)]
+        _check_values(path, data[c], f"channel {order.index(m)} ({m}) ")
+    del raw
+    img.uncache()
+    return LoadedCase(case.case_id, case.source, "nifti", data, np.asarray(img.affine), img, channels=model.modalities)
+
+
+def _load_tiff(case: CaseInput, model: ModelInputs) -> LoadedCase:
+    from bts_monai.data.transforms import LoadTiffSlices
+
+    if not model.tiff:
+        raise BtsInputError(case.source, f"is 2D TIFF, but the checkpoint is {model.describe()}")
+    vol = LoadTiffSlices()(case.slices)
+    data = np.asarray(vol.numpy(), dtype=np.float32)
+    if data.shape[0] != len(model.modalities):
+        raise BtsInputError(
+            case.slices[0],
+            f"has {data.shape[0]} channel(s), but the model reads {len(model.modalities)} "
+            f"({', '.join(model.modalities)}): LGG slices are RGB",
+        )
+    _check_values(case.source, data)
+    return LoadedCase(
+        case.case_id,
+        case.source,
+        "tiff",
+        data,
+        tiff_display_affine(),
+        None,
+        slices=list(case.slices),
+        channels=model.modalities,
+    )
+
+
+def tiff_display_affine() -> np.ndarray:
+    """A voxel -> RAS affine for ``(row, column, slice)`` stacks, so an axial view shows each slice
+    as stored (row 0 at the top, column 0 on the left). The voxel size is unknown: 1 is assumed."""
+    return np.array([[0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+# ---- writing -------------------------------------------------------------------------------------
+def nifti_like(data: np.ndarray, reference: Any, dtype: Any = np.uint8, slope: float | None = None) -> Any:
+    """A NIfTI image of ``data`` in ``reference``'s grid: its affine and header, with the same
+    qform and sform (matrices and codes), so viewers overlay it voxel for voxel.
+
+    Args:
+        data: spatial array of ``reference``'s spatial shape.
+        reference: the input's NIfTI image (header source); ``None`` for an identity affine.
+        dtype: on-disk type.
+        slope: ``scl_slope`` for scaled integers (probabilities), ``None`` for none.
+    """
+    import nibabel as nib
+
+    data = np.asarray(data)
+    if reference is None:
+        img = nib.Nifti1Image(data.astype(dtype, copy=False), np.eye(4))
+        img.set_qform(np.eye(4), code=0)
+        img.set_sform(np.eye(4), code=0)
+    else:
+        ref_shape = _squeezed_shape(reference.shape)[:3]
+        if tuple(data.shape) != tuple(ref_shape):
+            raise ValueError(f"data shape {data.shape} differs from the reference's {ref_shape}")
+        header = reference.header.copy()
+        img = type(reference)(data.astype(dtype, copy=False), reference.affine, header=header)
+        qform, qcode = reference.get_qform(coded=False), int(reference.header["qform_code"])
+        sform, scode = reference.get_sform(coded=False), int(reference.header["sform_code"])
+        img.set_qform(qform, code=qcode)
+        img.set_sform(sform, code=scode)
+        img.header.set_intent("none")
+        img.header["cal_min"], img.header["cal_max"] = 0, 0
+    img.header.set_data_dtype(dtype)
+    if slope is not None:
+        img.header.set_slope_inter(slope, 0.0)
+    else:
+        img.header.set_slope_inter(1.0, 0.0)
+    return img
+
+
+class StagedFiles:
+    """Write several files atomically as one: each to a temporary name beside its target, all
+    renamed into place on :meth:`commit`; :meth:`discard` (or an exception inside ``with``)
+    removes the temporaries, so an error or Ctrl-C leaves no half-written output.
+
+    Example:
+        >>> with StagedFiles() as staged:                       # doctest: +SKIP
+        ...     staged.add("out.nii.gz", lambda tmp: nib.save(img, tmp))
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def add(self, target: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+        """Call ``write(tmp)`` now with a temporary path that keeps ``target``'s extension."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
+        self._pending.append((tmp, target))
+        write(tmp)
+        return target
+
+    @property
+    def targets(self) -> list[Path]:
+        """The files this stage will create."""
+        return [t for _, t in self._pending]
+
+    def commit(self) -> list[Path]:
+        """Rename every temporary onto its target; returns the targets."""
+        done = []
+        for tmp, target in self._pending:
+            os.replace(tmp, target)
+            done.append(target)
+        self._pending = []
+        return done
+
+    def discard(self) -> None:
+        """Remove the temporaries written so far."""
+        for tmp, _ in self._pending:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+        self._pending = []
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path for one file, renamed onto ``target`` when the block ends without error."""
+    staged = StagedFiles()
+    holder: list[Path] = []
+    staged.add(target, holder.append)
+    try:
+        yield holder[0]
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()

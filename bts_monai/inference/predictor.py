@@ -1,0 +1,665 @@
+"""The Predictor: a trained network + its inference config -> segmentations, volumes and overlays.
+
+One code path serves Python users and ``bts-infer`` alike (:meth:`Predictor.run`). A case goes:
+files -> checks (:mod:`~bts_monai.inference.io`) -> training's preprocessing (RAS, resampling,
+crop to the brain's bounding box, the same intensity normalisation; :mod:`~bts_monai.inference.
+geometry`) -> MONAI sliding-window inference with gaussian blending under ``torch.inference_mode``
+-> sigmoid (regions) or softmax (labels) -> back to the input's voxel grid -> labels in the
+dataset's own values -> files written atomically with the input's header.
+
+Why it is fast on a CPU: a BraTS volume is mostly background, so windows cover only the brain's
+box (8 windows of 128³ instead of 18 for a 240x240x155 scan); windows run one at a time (larger
+batches are slower on CPUs); the gaussian weight map is computed once per predictor; no autograd
+state is kept (``torch.inference_mode``). Peak memory is that of one window plus a few copies of
+the volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from bts_monai.errors import BtsInputError
+from bts_monai.inference import geometry
+from bts_monai.inference.io import (
+    CaseInput,
+    LoadedCase,
+    ModelInputs,
+    StagedFiles,
+    expand_inputs,
+    explicit_case,
+    is_nifti_path,
+    is_tiff_path,
+    load_case,
+    nifti_like,
+    resolve_input,
+    strip_image_suffix,
+)
+from bts_monai.inference.overlay import png_bytes, three_plane_overlay
+from bts_monai.inference.report import check_report_path, format_report, volume_report, write_report
+from bts_monai.labels import LabelScheme, get_scheme
+
+__all__ = [
+    "PRECISIONS",
+    "NO_DEFAULT_MODEL",
+    "Predictor",
+    "Prediction",
+    "CaseResult",
+    "default_model_path",
+    "one_line",
+]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("32", "bf16")
+"""Inference precisions: float32, or bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."""
+
+NO_DEFAULT_MODEL = "no packaged default model yet; pass --ckpt PATH (a checkpoint from `bts-train fit`)"
+"""What users are told when no checkpoint is given and no default model is packaged."""
+
+PROBABILITY_SCALE = 32767
+"""Probabilities are stored as int16 with ``scl_slope = 1/32767`` (NIfTI has no float16)."""
+
+CONFIG_KEYS = ("modalities", "scheme", "label_mode", "spatial_dims", "roi_size", "intensity")
+
+
+def default_model_path(kind: str = "brats") -> Path | None:
+    """The packaged default checkpoint for ``kind`` (``"brats"`` 3D, ``"lgg"`` 2D), or ``None``
+    while none is packaged (a later release ships them)."""
+    if kind not in ("brats", "lgg"):
+        raise ValueError(f"unknown model kind {kind!r}: use 'brats' or 'lgg'")
+    return None
+
+
+@dataclass
+class Prediction:
+    """One case's result, in the input's voxel grid.
+
+    Args:
+        case: the input case (image, header, slices).
+        labels: uint8 label map in the dataset's values (BraTS 2020/21: {0, 1, 2, 4}).
+        probabilities: float32 ``(R, *spatial)``, the probability of each region.
+        scheme: the label scheme.
+        seconds: wall time of the prediction (preprocessing to labels).
+    """
+
+    case: LoadedCase
+    labels: np.ndarray
+    probabilities: np.ndarray
+    scheme: LabelScheme
+    seconds: float = 0.0
+
+    @property
+    def region_names(self) -> list[str]:
+        """Region names, in the order of :attr:`probabilities` and :attr:`regions`."""
+        return self.scheme.region_names
+
+    @property
+    def regions(self) -> np.ndarray:
+        """Boolean region masks ``(R, *spatial)`` of :attr:`labels`."""
+        return self.scheme.to_regions(self.labels)
+
+    def report(self) -> dict[str, Any]:
+        """Voxel counts and volumes (mL) per label and per region (see :func:`volume_report`)."""
+        return volume_report(self.labels, self.scheme, self.case.voxel_size, self.case.case_id, self.case.source)
+
+    def overlay(self, alpha: float = 0.45) -> np.ndarray:
+        """Axial, coronal and sagittal views through the tumour's centre, as an RGB array."""
+        vol, zooms = geometry.ras_oriented(self.case.display_channel(), self.case.affine)
+        regions, _ = geometry.ras_oriented(self.regions, self.case.affine)
+        names = self.region_names
+        # Outer regions first, so nested ones stay visible (WT, TC, ET).
+        order = sorted(range(len(names)), key=lambda i: -int(regions[i].sum()))
+        return three_plane_overlay(
+            vol, regions[order], [names[i] for i in order], zooms, alpha=alpha, title=self.case.case_id
+        )
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        probabilities: bool = False,
+        report: str | os.PathLike[str] | None = None,
+        overlay: str | os.PathLike[str] | None = None,
+    ) -> list[Path]:
+        """Write the segmentation (and optionally per-region probabilities, the report and the
+        overlay PNG) atomically: all files appear together or none does.
+
+        Args:
+            path: the segmentation: ``.nii.gz``/``.nii`` for NIfTI inputs; for TIFF inputs ``.tif``
+                (a mask, or a multi-page stack for a patient) or ``.nii.gz`` (an ``(H, W, N)`` stack).
+            probabilities: also write ``<name>_prob_<REGION>.nii.gz`` beside it.
+            report: a ``.json`` or ``.csv`` path for this case's volumes.
+            overlay: a ``.png`` path for the three-plane overlay.
+
+        Returns:
+            The files written.
+        """
+        path = Path(path)
+        _check_seg_path(path, self.case.kind)
+        if report is not None:
+            check_report_path(report)
+        if overlay is not None:
+            _check_png(overlay)
+        staged = StagedFiles()
+        try:
+            self._stage(staged, path, probabilities)
+            if overlay is not None:
+                png = png_bytes(self.overlay())
+                staged.add(overlay, lambda tmp: tmp.write_bytes(png))
+            if report is not None:
+                text = format_report(self.report(), report)
+                staged.add(report, lambda tmp: tmp.write_text(text))
+            return staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
+
+    def _stage(self, staged: StagedFiles, path: Path, probabilities: bool) -> None:
+        import nibabel as nib
+
+        case = self.case
+        if case.kind == "tiff" and not is_nifti_path(path):
+            import tifffile
+
+            masks = np.moveaxis(self.labels, -1, 0)  # (N, H, W), one page per slice
+            data = masks[0] if masks.shape[0] == 1 else masks
+            staged.add(path, lambda tmp: tifffile.imwrite(tmp, data))
+        else:
+            img = nifti_like(self.labels, case.reference, np.uint8)
+            staged.add(path, lambda tmp: nib.save(img, tmp))
+        if probabilities:
+            base = _probability_base(path)
+            for name, prob in zip(self.region_names, self.probabilities):
+                q = np.rint(np.clip(prob, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.int16)
+                pimg = nifti_like(q, case.reference, np.int16, slope=1.0 / PROBABILITY_SCALE)
+                staged.add(base.with_name(f"{base.name}_prob_{name}.nii.gz"), lambda tmp, im=pimg: nib.save(im, tmp))
+
+
+def _probability_base(seg_path: Path) -> Path:
+    stem = strip_image_suffix(seg_path.name)
+    if stem.endswith("_seg"):
+        stem = stem[: -len("_seg")]
+    return seg_path.with_name(stem)
+
+
+def _check_seg_path(path: Path, kind: str) -> None:
+    ok = is_nifti_path(path) or (kind == "tiff" and is_tiff_path(path))
+    if not ok:
+        want = ".tif or .nii.gz" if kind == "tiff" else ".nii.gz or .nii"
+        raise BtsInputError(path, f"output must end in {want}, or be a folder")
+
+
+def _check_png(path: str | os.PathLike[str]) -> None:
+    if not os.fspath(path).lower().endswith(".png"):
+        raise BtsInputError(path, "overlay must end in .png")
+
+
+@dataclass
+class CaseResult:
+    """What :meth:`Predictor.run` did with one input.
+
+    Args:
+        case_id: the case's name (or the input path when it could not be resolved).
+        source: the input as given.
+        ok: whether the case was segmented and written.
+        outputs: files written.
+        volumes_ml: region -> volume in mL (``None`` values when the voxel size is unknown).
+        seconds: wall time for the case.
+        error: the one-line problem when ``ok`` is false.
+        report: the case's volume report (see :func:`~bts_monai.inference.report.volume_report`).
+    """
+
+    case_id: str
+    source: str
+    ok: bool
+    outputs: list[Path] = field(default_factory=list)
+    volumes_ml: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    report: dict[str, Any] | None = field(default=None, repr=False)
+
+
+class Predictor:
+    """Segment brain-tumour scans with a trained network, exactly as it was trained.
+
+    Args:
+        net: the network (e.g. from :func:`bts_monai.model.checkpoint.load_checkpoint`).
+        config: its inference config: ``modalities``, ``scheme``, ``label_mode`` (``regions``:
+            sigmoid per region; ``labels``: softmax over label values), ``spatial_dims`` (2: slice by
+            slice along the last axis), ``roi_size``, ``intensity``, ``spacing`` (and ``dataset``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        overlap: sliding-window overlap (0 to <1).
+        tta: average the network over mirror flips of every spatial axis (2^D times slower).
+        precision: ``"32"`` or ``"bf16"`` (autocast; fast on CPUs with native bfloat16).
+        threads: CPU threads for torch (sets ``torch.set_num_threads``, process-wide); default torch's.
+        sw_batch_size: windows per forward pass (default 1 on CPU, where larger is slower; 4 on GPU).
+        progress: show a progress bar over the windows of each case.
+        channels_last: run 3D networks in channels-last memory layout (off by default: no gain
+            measured on this project's CPUs).
+
+    Example:
+        >>> p = Predictor.from_checkpoint("run.ckpt")                      # doctest: +SKIP
+        >>> pred = p.predict("BraTS2021_00000/")                           # doctest: +SKIP
+        >>> pred.save("seg.nii.gz", report="volumes.json", overlay="o.png")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        config: dict[str, Any],
+        device: str | torch.device = "auto",
+        overlap: float = 0.5,
+        tta: bool = False,
+        precision: str = "32",
+        threads: int | None = None,
+        sw_batch_size: int | None = None,
+        progress: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        missing = [k for k in CONFIG_KEYS if k not in config]
+        if missing:
+            raise ValueError(f"inference config lacks {', '.join(missing)}")
+        if not 0 <= float(overlap) < 1:
+            raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+        if str(precision) not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"threads must be at least 1, not {threads}")
+            torch.set_num_threads(int(threads))
+        self.config = dict(config)
+        self.scheme = get_scheme(config["scheme"])
+        self.label_mode = str(config["label_mode"])
+        if self.label_mode not in ("regions", "labels"):
+            raise ValueError(f"label_mode must be 'regions' or 'labels', not {self.label_mode!r}")
+        self.inputs = ModelInputs.from_config(config)
+        self.spatial_dims = self.inputs.spatial_dims
+        self.device = _resolve_device(device)
+        self.precision = str(precision)
+        self.tta = bool(tta)
+        self.overlap = float(overlap)
+        self.channels_last = bool(channels_last) and self.spatial_dims == 3
+        self.net = net.to(self.device).eval()
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.sw_batch_size = int(sw_batch_size or (1 if self.device.type == "cpu" else 4))
+        roi = [int(r) for r in config["roi_size"]]
+        if len(roi) != self.spatial_dims:
+            raise ValueError(f"roi_size {roi} does not have {self.spatial_dims} numbers")
+        if self.spatial_dims == 2:  # slices along the last axis: windows one slice deep
+            roi_3d, overlaps = [*roi, 1], [self.overlap, self.overlap, 0.0]
+        else:
+            roi_3d, overlaps = roi, [self.overlap] * 3
+        self.inferer = SlidingWindowInferer(
+            roi_size=roi_3d,
+            sw_batch_size=self.sw_batch_size,
+            overlap=overlaps,
+            mode="gaussian",
+            sw_device=self.device,
+            device=self.device,
+            progress=progress,
+            cache_roi_weight_map=True,
+        )
+        self._transforms = {kind: geometry.model_space_transforms(self.config, kind) for kind in ("nifti", "tiff")}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], trusted: bool = False, **kwargs: Any) -> Predictor:
+        """Rebuild network and settings from a training checkpoint (loaded with ``weights_only``).
+
+        Raises:
+            BtsInputError: the file is missing, corrupt, or not a checkpoint of this project.
+        """
+        from bts_monai.model.checkpoint import load_checkpoint
+
+        try:
+            net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
+        except BtsInputError as exc:
+            raise one_line(exc) from exc
+        return cls(net, config, **kwargs)
+
+    # ---- properties --------------------------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        """Input channels the network reads, in order."""
+        return list(self.inputs.modalities)
+
+    @property
+    def region_names(self) -> list[str]:
+        """Names of the regions of :attr:`Prediction.probabilities`."""
+        return self.scheme.region_names
+
+    @property
+    def progress(self) -> bool:
+        """Whether a progress bar is shown over each case's windows."""
+        return bool(self.inferer.progress)
+
+    @progress.setter
+    def progress(self, value: bool) -> None:
+        self.inferer.progress = bool(value)
+
+    # ---- the network over a volume ----------------------------------------------------------
+    def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        net, dims = self.net, self.spatial_dims
+        flips = _flip_sets(dims) if self.tta else [()]
+        autocast = self.precision == "bf16"
+        channels_last = self.channels_last
+
+        def once(x: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if autocast:
+                with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                    out = net(x)
+            else:
+                out = net(x)
+            out = _main_output(out, x.ndim)
+            return out.float().contiguous()
+
+        def forward(window: torch.Tensor) -> torch.Tensor:
+            if dims == 2:
+                window = window[..., 0]
+            total = None
+            for axes in flips:
+                x = window.flip(axes) if axes else window
+                y = once(x)
+                y = y.flip(axes) if axes else y
+                total = y if total is None else total + y
+            out = total / len(flips)  # type: ignore[operator]
+            return out[..., None] if dims == 2 else out
+
+        return forward
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Blended network output ``(K, *spatial)`` for a model-space image ``(C, *spatial)``."""
+        x = image.to(self.device, dtype=torch.float32)[None]
+        with torch.inference_mode():
+            out = self.inferer(x, self._network())
+        return out[0]  # type: ignore[index]
+
+    def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid per region (``regions`` mode) or softmax over label values (``labels`` mode)."""
+        if self.label_mode == "regions":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=0)
+
+    def _labels_and_regions(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities in the input grid -> (labels, region probabilities)."""
+        if self.label_mode == "regions":
+            return self.scheme.from_regions(probs > 0.5), probs
+        labels = self.scheme.from_index_map(probs.argmax(0))
+        values = self.scheme.all_values
+        region_probs = np.stack(
+            [probs[[values.index(v) for v in vals]].sum(0) for vals in self.scheme.regions.values()]
+        )
+        return labels, region_probs
+
+    # ---- cases -------------------------------------------------------------------------------
+    def predict_case(self, case: LoadedCase) -> Prediction:
+        """Segment a loaded (checked) case; the result is in the case's own voxel grid."""
+        start = time.perf_counter()
+        transforms = self._transforms[case.kind]
+        x = geometry.to_model_space(case.image, case.affine, transforms, case.source)
+        logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(x.shape[1:]), case.spatial_shape)
+        probs = self.class_probabilities(self.logits(x.as_tensor()))
+        grid = geometry.to_input_grid(probs.cpu(), x, transforms).numpy()
+        del probs, x
+        if tuple(grid.shape[1:]) != case.spatial_shape:  # a broken round trip must never be written
+            raise RuntimeError(f"round trip gave shape {grid.shape[1:]}, expected {case.spatial_shape}")
+        labels, region_probs = self._labels_and_regions(grid)
+        return Prediction(
+            case, labels, region_probs.astype(np.float32, copy=False), self.scheme, time.perf_counter() - start
+        )
+
+    def load(
+        self, source: str | os.PathLike[str] | CaseInput | dict[str, str], channel_order: Sequence[str] | None = None
+    ) -> LoadedCase:
+        """Read and check one input: a path (4D NIfTI, case folder, TIFF slice or patient folder),
+        a :class:`CaseInput`, or a ``{modality: path}`` dict.
+
+        Raises:
+            BtsInputError: naming the file and the problem.
+        """
+        if isinstance(source, dict):
+            source = explicit_case(source, self.inputs)
+        elif not isinstance(source, CaseInput):
+            source = resolve_input(source, self.inputs, channel_order)
+        return load_case(source, self.inputs)
+
+    def predict(
+        self,
+        source: str | os.PathLike[str] | CaseInput | LoadedCase | dict[str, str],
+        channel_order: Sequence[str] | None = None,
+    ) -> Prediction:
+        """Segment one input (see :meth:`load` for the forms it takes)."""
+        case = source if isinstance(source, LoadedCase) else self.load(source, channel_order)
+        return self.predict_case(case)
+
+    def predict_array(
+        self, image: np.ndarray, affine: np.ndarray | None = None, case_id: str = "array", reference: Any = None
+    ) -> Prediction:
+        """Segment an in-memory ``(C, *spatial)`` image whose channels follow :attr:`modalities`.
+
+        Args:
+            image: the image in its voxel grid (for TIFF-like 2D models: ``(3, H, W, N)``).
+            affine: voxel -> world matrix (default: identity); ignored when ``reference`` is given.
+            case_id: a name for reports.
+            reference: a NIfTI image whose header outputs should copy.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 4 or image.shape[0] != len(self.modalities):
+            raise BtsInputError(None, f"expected an array (C={len(self.modalities)}, x, y, z), got shape {image.shape}")
+        if not np.isfinite(image).all():
+            raise BtsInputError(None, f"{case_id}: contains NaN or Inf voxels")
+        if not image.any():
+            raise BtsInputError(None, f"{case_id}: is empty: every voxel is zero")
+        aff = np.asarray(reference.affine if reference is not None else (np.eye(4) if affine is None else affine))
+        kind = "tiff" if self.inputs.tiff else "nifti"
+        case = LoadedCase(case_id, case_id, kind, image, aff, reference, channels=self.inputs.modalities)
+        return self.predict_case(case)
+
+    # ---- many inputs to files: the CLI's path -------------------------------------------------
+    def run(
+        self,
+        inputs: Sequence[str | os.PathLike[str]] = (),
+        output: str | os.PathLike[str] | None = None,
+        *,
+        files: dict[str, str] | None = None,
+        channel_order: Sequence[str] | None = None,
+        probabilities: bool = False,
+        report: str | os.PathLike[str] | None = None,
+        overlay: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+    ) -> list[CaseResult]:
+        """Segment inputs and write the results; what ``bts-infer`` does.
+
+        Args:
+            inputs: files and folders (4D NIfTI, case folders, TIFF slices, patient folders, or
+                folders of cases).
+            output: one input: the segmentation file (or a folder for the default name); several:
+                a folder. Default: ``<case>_seg.nii.gz`` (TIFF: ``<case>_seg.tif``) in the current folder.
+            files: explicit ``{modality: path}`` for one case, instead of ``inputs``.
+            channel_order: names of 4D NIfTI channels along the last axis (default: the model's).
+            probabilities: write ``<case>_prob_<REGION>.nii.gz`` per region too.
+            report: ``.json``/``.csv`` with voxel counts and volumes of every case.
+            overlay: one input: a ``.png``; several: a folder for ``<case>_overlay.png``.
+            progress: progress bars (over cases, or over one case's windows).
+
+        Returns:
+            One :class:`CaseResult` per case. With one input, a bad input raises instead.
+
+        Raises:
+            BtsInputError: bad arguments, or the single input is bad (nothing is written then).
+        """
+        if files and inputs:
+            raise BtsInputError(None, "give either input paths or --flair/--t1/--t1ce/--t2 files, not both")
+        if files:
+            items: list[Any] = [explicit_case(files, self.inputs)]
+        elif inputs:
+            items = expand_inputs(inputs)
+        else:
+            raise BtsInputError(None, "no input given: a case folder, a 4D NIfTI, TIFF slices, or modality files")
+        many = len(items) > 1 or any(Path(p).is_dir() and Path(p) not in items for p in inputs)
+        if report is not None:
+            check_report_path(report)
+        plan = _OutputPlan.make(output, overlay, many)
+        if not many:
+            return [self._run_one(items[0], plan, channel_order, probabilities, report, progress, raise_errors=True)]
+        from tqdm.auto import tqdm
+
+        results: list[CaseResult] = []
+        used: set[str] = set()
+        self.progress = False
+        bar = tqdm(items, desc="cases", unit="case", disable=not progress)
+        for item in bar:
+            res = self._run_one(item, plan, channel_order, probabilities, None, False, used=used)
+            bar.set_postfix_str(f"{res.case_id}: {'ok' if res.ok else 'failed'}")
+            results.append(res)
+        bar.close()
+        if report is not None:
+            reports = [r.report for r in results if r.ok and r.report is not None]
+            if reports:
+                write_report(reports, report)
+        return results
+
+    def _run_one(
+        self,
+        item: Path | CaseInput,
+        plan: _OutputPlan,
+        channel_order: Sequence[str] | None,
+        probabilities: bool,
+        report: str | os.PathLike[str] | None,
+        progress: bool,
+        raise_errors: bool = False,
+        used: set[str] | None = None,
+    ) -> CaseResult:
+        start = time.perf_counter()
+        source = item.source if isinstance(item, CaseInput) else str(item)
+        case_id = item.case_id if isinstance(item, CaseInput) else Path(item).name
+        try:
+            case_input = item if isinstance(item, CaseInput) else resolve_input(item, self.inputs, channel_order)
+            case_id = case_input.case_id
+            if used is not None:
+                case_id = _unique(case_id, used)
+                case_input.case_id = case_id
+            seg_path, overlay_path = plan.paths(case_input)
+            _check_seg_path(seg_path, case_input.kind)
+            case = load_case(case_input, self.inputs)
+            self.progress = progress
+            pred = self.predict_case(case)
+            outputs = pred.save(seg_path, probabilities, report, overlay_path)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            if isinstance(exc, BtsInputError):
+                logger.warning("skipping %s: %s", source, exc)
+                message = str(exc)
+            else:  # not the input's fault: keep the traceback in the log, go on with the others
+                logger.exception("skipping %s after an unexpected error", source)
+                message = f"{source}: {type(exc).__name__}: {exc}"
+            return CaseResult(case_id, source, False, seconds=time.perf_counter() - start, error=message)
+        rep = pred.report()
+        return CaseResult(
+            case_id,
+            source,
+            True,
+            outputs,
+            {r["region"]: r["volume_ml"] for r in rep["regions"]},
+            time.perf_counter() - start,
+            report=rep,
+        )
+
+
+@dataclass
+class _OutputPlan:
+    """Where each case's files go: one named file, or a folder of default names."""
+
+    folder: Path
+    file: Path | None = None
+    overlay_file: Path | None = None
+    overlay_folder: Path | None = None
+
+    @classmethod
+    def make(
+        cls, output: str | os.PathLike[str] | None, overlay: str | os.PathLike[str] | None, many: bool
+    ) -> _OutputPlan:
+        out = Path(output) if output is not None else None
+        as_folder = out is None or out.is_dir() or os.fspath(output).endswith(os.sep) or many
+        if many:
+            if out is not None and out.exists() and not out.is_dir():
+                raise BtsInputError(out, "with several inputs, -o/--output must be a folder")
+            if out is not None and (is_nifti_path(out) or is_tiff_path(out)):
+                raise BtsInputError(out, "with several inputs, -o/--output must be a folder, not a file name")
+            if overlay is not None and os.fspath(overlay).lower().endswith(".png"):
+                raise BtsInputError(overlay, "with several inputs, --overlay takes a folder for <case>_overlay.png")
+            return cls(out or Path.cwd(), overlay_folder=None if overlay is None else Path(overlay))
+        if overlay is not None:
+            _check_png(overlay)
+        ov = None if overlay is None else Path(overlay)
+        if as_folder:
+            return cls(out or Path.cwd(), overlay_file=ov)
+        return cls(out.parent, file=out, overlay_file=ov)  # type: ignore[union-attr]
+
+    def paths(self, case: CaseInput) -> tuple[Path, Path | None]:
+        """(segmentation path, overlay path or ``None``) for ``case``."""
+        ext = ".tif" if case.kind == "tiff" else ".nii.gz"
+        seg = self.file if self.file is not None else self.folder / f"{case.case_id}_seg{ext}"
+        if self.overlay_folder is not None:
+            return seg, self.overlay_folder / f"{case.case_id}_overlay.png"
+        return seg, self.overlay_file
+
+
+def one_line(exc: BtsInputError) -> BtsInputError:
+    """The same error with its problem cut to the first line (torch's messages run to paragraphs)."""
+    lines = [ln.strip() for ln in exc.problem.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return exc
+    first = lines[0]
+    first += ")" * max(0, first.count("(") - first.count(")"))
+    return BtsInputError(exc.path, first)
+
+
+def _unique(name: str, used: set[str]) -> str:
+    out, i = name, 2
+    while out in used:
+        out, i = f"{name}_{i}", i + 1
+    used.add(out)
+    return out
+
+
+def _flip_sets(dims: int) -> list[tuple[int, ...]]:
+    """Every subset of the spatial axes of an ``(N, C, *spatial)`` tensor (identity first)."""
+    axes = list(range(2, 2 + dims))
+    sets: list[tuple[int, ...]] = [()]
+    for a in axes:
+        sets += [(*s, a) for s in sets]
+    return sets
+
+
+def _main_output(out: Any, ndim: int) -> torch.Tensor:
+    """A network's main output: first of a list/tuple, or head 0 of DynUNet's stacked heads."""
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if out.ndim == ndim + 1:
+        out = out[:, 0]
+    return out
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BtsInputError(None, f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    return dev

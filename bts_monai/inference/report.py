@@ -1,0 +1,146 @@
+"""Tumour volumes: voxel counts and millilitres per label and per region, as JSON or CSV.
+
+Volumes come from the voxel size in the input's header (``pixdim``), so they hold for any voxel
+size; for inputs without one (LGG TIFF slices) the counts are given and the volumes are ``None``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bts_monai.errors import BtsInputError
+from bts_monai.labels import LabelScheme, get_scheme
+
+__all__ = ["volume_report", "write_report", "format_report", "report_rows", "check_report_path", "REPORT_SUFFIXES"]
+
+REPORT_SUFFIXES = (".json", ".csv")
+"""File types :func:`write_report` writes, chosen by the path's extension."""
+
+CSV_COLUMNS = ("case_id", "kind", "name", "labels", "voxels", "volume_ml")
+
+
+def volume_report(
+    labels: np.ndarray,
+    scheme: LabelScheme | str,
+    voxel_size_mm: Sequence[float] | None,
+    case_id: str | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Count the voxels of each label and each region of a label map.
+
+    Args:
+        labels: integer label map in the scheme's values (e.g. BraTS 2020/21: {0, 1, 2, 4}).
+        scheme: the label scheme (or its name).
+        voxel_size_mm: voxel size along each axis in mm; ``None`` when unknown.
+        case_id: written into the report.
+        source: the input file or folder, written into the report.
+
+    Returns:
+        ``{"case_id", "input", "scheme", "voxel_size_mm", "voxel_volume_ml", "labels": [...],
+        "regions": [...]}``; each label entry ``{"label", "name", "voxels", "volume_ml"}``, each
+        region entry ``{"region", "labels", "voxels", "volume_ml"}``.
+    """
+    scheme = get_scheme(scheme)
+    arr = np.asarray(labels)
+    values, counts = np.unique(arr, return_counts=True)
+    found = {int(v): int(n) for v, n in zip(values, counts)}
+    scheme.check_values(found, source)
+    voxel_ml = None if voxel_size_mm is None else float(np.prod([float(v) for v in voxel_size_mm])) / 1000.0
+
+    def ml(n: int) -> float | None:
+        return None if voxel_ml is None else round(n * voxel_ml, 6)
+
+    label_rows = [
+        {"label": v, "name": scheme.labels[v], "voxels": found.get(v, 0), "volume_ml": ml(found.get(v, 0))}
+        for v in scheme.foreground_labels
+    ]
+    region_rows = []
+    for name, vals in scheme.regions.items():
+        n = sum(found.get(v, 0) for v in vals)
+        region_rows.append({"region": name, "labels": list(vals), "voxels": n, "volume_ml": ml(n)})
+    return {
+        "case_id": case_id,
+        "input": source,
+        "scheme": scheme.name,
+        "voxel_size_mm": None if voxel_size_mm is None else [float(v) for v in voxel_size_mm],
+        "voxel_volume_ml": voxel_ml,
+        "labels": label_rows,
+        "regions": region_rows,
+    }
+
+
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One case's report as flat rows (one per label and per region), the CSV's rows."""
+    rows = []
+    for r in report["labels"]:
+        rows.append(
+            {
+                "case_id": report["case_id"],
+                "kind": "label",
+                "name": r["name"],
+                "labels": str(r["label"]),
+                "voxels": r["voxels"],
+                "volume_ml": r["volume_ml"],
+            }
+        )
+    for r in report["regions"]:
+        rows.append(
+            {
+                "case_id": report["case_id"],
+                "kind": "region",
+                "name": r["region"],
+                "labels": "+".join(str(v) for v in r["labels"]),
+                "voxels": r["voxels"],
+                "volume_ml": r["volume_ml"],
+            }
+        )
+    return rows
+
+
+def check_report_path(path: str | os.PathLike[str]) -> Path:
+    """Raise :class:`BtsInputError` unless ``path`` ends in ``.json`` or ``.csv``."""
+    path = Path(path)
+    if path.suffix.lower() not in REPORT_SUFFIXES:
+        raise BtsInputError(path, "report must end in .json or .csv")
+    return path
+
+
+def write_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write one case's report, or several, atomically; JSON or CSV by the extension.
+
+    JSON: one case -> its report object; several -> ``{"cases": [...]}``. CSV: one row per
+    label and region of each case, columns ``case_id, kind, name, labels, voxels, volume_ml``.
+
+    Raises:
+        BtsInputError: the extension is neither ``.json`` nor ``.csv``.
+    """
+    from bts_monai.inference.io import atomic_path
+
+    text = format_report(reports, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def format_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> str:
+    """The text :func:`write_report` writes to ``path`` (format chosen by its extension)."""
+    path = check_report_path(path)
+    many = not isinstance(reports, dict)
+    items = list(reports) if many else [reports]  # type: ignore[arg-type]
+    if path.suffix.lower() == ".json":
+        return json.dumps({"cases": items} if many else items[0], indent=1) + "\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rep in items:
+        for row in report_rows(rep):
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
