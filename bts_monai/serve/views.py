@@ -1,0 +1,219 @@
+"""The viewer's data: a finished case laid out for slicing, and one plane of it rendered as PNG.
+
+When a job finishes, :func:`prepare_view` stores the scan (RAS-ordered, windowed to 8 bits per
+modality), the region masks and the label map as ``.npy`` files, and a ``view.json`` with the
+plane geometry the page needs to map clicks to voxels. :func:`render_plane` cuts one plane from
+them (memory-mapped) and draws it with :func:`bts_monai.inference.overlay.render_slice`, the same
+renderer ``bts-infer --overlay`` uses, so planes show the way it draws them (superior or anterior
+at the top, the patient's right on the image's right).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bts_monai.inference import overlay
+
+__all__ = ["PLANES", "plane_geometry", "prepare_view", "render_plane"]
+
+PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+"""The three planes the page shows."""
+
+# Edge letters of each plane as overlay.slice_2d draws RAS slices (neurological convention).
+_EDGES: dict[str, dict[str, str]] = {
+    "axial": {"left": "L", "right": "R", "top": "A", "bottom": "P"},
+    "coronal": {"left": "L", "right": "R", "top": "S", "bottom": "I"},
+    "sagittal": {"left": "P", "right": "A", "top": "S", "bottom": "I"},
+}
+
+
+def plane_geometry(
+    shape: Sequence[int], spacing: Sequence[float], orientation_known: bool = True
+) -> dict[str, dict[str, Any]]:
+    """How each plane of an RAS ``(X, Y, Z)`` array is shown, for the page to map clicks to voxels.
+
+    Follows :func:`bts_monai.inference.overlay.slice_2d`: the image's columns run along the lower
+    of the two remaining axes (left to right), its rows along the higher one (top = last voxel).
+
+    Args:
+        shape: the RAS array's spatial shape.
+        spacing: voxel size (mm) along each axis.
+        orientation_known: whether to name the image's edges (R/L, A/P, S/I); ``False`` for
+            stacks of 2D slices whose orientation the files do not say.
+
+    Returns:
+        Per plane: ``axis`` (fixed), ``slices``, ``cols_axis``/``rows_axis`` with their sizes
+        ``cols``/``rows`` and ``flip_cols``/``flip_rows``, ``aspect`` (width/height in mm),
+        ``labels`` (edge letters).
+    """
+    out = {}
+    for plane in PLANES:
+        axis = overlay.AXES[plane]
+        cols_axis, rows_axis = (a for a in range(3) if a != axis)
+        cols, rows = int(shape[cols_axis]), int(shape[rows_axis])
+        out[plane] = {
+            "axis": axis,
+            "slices": int(shape[axis]),
+            "cols_axis": cols_axis,
+            "rows_axis": rows_axis,
+            "cols": cols,
+            "rows": rows,
+            "flip_cols": False,
+            "flip_rows": True,
+            "aspect": (cols * float(spacing[cols_axis])) / (rows * float(spacing[rows_axis])),
+            "labels": dict(_EDGES[plane]) if orientation_known else {},
+        }
+    return out
+
+
+def _to_uint8(volume: np.ndarray) -> np.ndarray:
+    """One modality scaled to 0..255 over :func:`~bts_monai.inference.overlay.intensity_window`."""
+    lo, hi = overlay.intensity_window(volume)
+    scaled = (np.asarray(volume, dtype=np.float32) - lo) / max(hi - lo, 1e-6)
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array))
+    os.replace(tmp, path)
+
+
+def prepare_view(
+    folder: str | os.PathLike[str],
+    image: np.ndarray,
+    modalities: Sequence[str],
+    masks: np.ndarray,
+    layers: dict[str, list[dict[str, Any]]],
+    affine: np.ndarray,
+    label_map: np.ndarray | None = None,
+    orientation_known: bool = True,
+) -> dict[str, Any]:
+    """Store a finished case for the viewer and return its description (also saved as ``view.json``).
+
+    Args:
+        folder: the job's view folder (created).
+        image: ``(C, *spatial)`` scan in the file's voxel grid, channels in ``modalities`` order.
+        modalities: channel names.
+        masks: boolean ``(R, *spatial)`` region masks in the same grid.
+        layers: ``{"regions": [...], "labels": [...]}``: per overlay ``name``, ``title``, ``color``
+            (CSS) and its source: ``region`` (index into ``masks``) or label ``value``.
+        affine: voxel -> world matrix of the grid (for TIFF stacks, the display affine of
+            :func:`bts_monai.inference.io.tiff_display_affine`).
+        label_map: the scheme's label map in the same grid, when ``layers`` has labels.
+        orientation_known: ``False`` for stacks of 2D slices (no edge letters).
+
+    Returns:
+        ``shape``, ``spacing``, ``center``, ``modalities``, ``default_modality``, ``layers`` and
+        ``planes`` (:func:`plane_geometry`).
+    """
+    from bts_monai.inference.geometry import ras_oriented
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    display, zooms = ras_oriented(np.stack([_to_uint8(channel) for channel in image]), affine)
+    regions, _ = ras_oriented(np.asarray(masks, dtype=np.uint8), affine)
+    _save_npy(folder / "image.npy", display)
+    _save_npy(folder / "regions.npy", regions.astype(bool))
+    if label_map is not None:
+        _save_npy(folder / "labels.npy", ras_oriented(np.asarray(label_map), affine)[0])
+    shape = [int(s) for s in display.shape[1:]]
+    spacing = [float(z) for z in zooms]
+    meta = {
+        "shape": shape,
+        "spacing": spacing,
+        "center": [int(c) for c in overlay.tumour_centre(regions, display.max(0))],
+        "modalities": list(modalities),
+        "default_modality": "flair" if "flair" in modalities else modalities[0],
+        "layers": layers,
+        "planes": plane_geometry(shape, spacing, orientation_known),
+    }
+    tmp = folder / "view.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, folder / "view.json")
+    return meta
+
+
+def _rgb(css: str) -> tuple[int, int, int]:
+    c = css.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
+
+
+def _one_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """``volume[..., index, ...]`` along spatial ``axis``, kept 3D (one voxel thick).
+
+    Handing :func:`~bts_monai.inference.overlay.render_slice` only this slab keeps it from
+    converting the whole memory-mapped volume on every request.
+    """
+    where = [slice(None)] * volume.ndim
+    where[volume.ndim - 3 + axis] = slice(index, index + 1)
+    return np.asarray(volume[tuple(where)])
+
+
+def render_plane(
+    folder: str | os.PathLike[str],
+    plane: str,
+    index: int | None = None,
+    modality: str | None = None,
+    mode: str = "regions",
+    layers: Sequence[str] | None = None,
+    opacity: float = 0.45,
+) -> bytes:
+    """One plane of a prepared case as PNG: the modality in grey, chosen overlays in colour.
+
+    Args:
+        folder: a folder written by :func:`prepare_view`.
+        plane: ``axial``, ``coronal`` or ``sagittal``.
+        index: slice number along the plane's fixed axis (default: through the tumour's centre).
+        modality: which channel (default: FLAIR, or the first).
+        mode: ``regions`` (overlapping tumour regions) or ``labels`` (the label map's classes).
+        layers: names of the overlays to draw (default: all of the mode's), painted in the
+            case's order (outer to inner), whatever order they are given in.
+        opacity: overlay opacity, 0..1.
+
+    Raises:
+        ValueError: an unknown plane, modality, mode or layer, or an index or opacity out of range.
+    """
+    folder = Path(folder)
+    meta = json.loads((folder / "view.json").read_text())
+    if plane not in PLANES:
+        raise ValueError(f"unknown plane {plane!r}; choose from {', '.join(PLANES)}")
+    geom = meta["planes"][plane]
+    axis = geom["axis"]
+    index = meta["center"][axis] if index is None else int(index)
+    if not 0 <= index < geom["slices"]:
+        raise ValueError(f"{plane} slice {index} is outside 0..{geom['slices'] - 1}")
+    modality = modality or meta["default_modality"]
+    if modality not in meta["modalities"]:
+        raise ValueError(f"unknown modality {modality!r}; this case has {', '.join(meta['modalities'])}")
+    modes = [k for k, v in meta["layers"].items() if v]
+    if mode not in modes:
+        raise ValueError(f"unknown overlay mode {mode!r}; choose from {', '.join(modes)}")
+    available = meta["layers"][mode]
+    names = [layer["name"] for layer in available]
+    wanted = names if layers is None else list(layers)
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ValueError(f"unknown {mode} {', '.join(unknown)}; this case has {', '.join(names)}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity {opacity} is outside 0..1")
+    chosen = [layer for layer in available if layer["name"] in wanted]
+    image = np.load(folder / "image.npy", mmap_mode="r")
+    grey = _one_slice(image[meta["modalities"].index(modality)], axis, index)
+    if mode == "labels":
+        labels = _one_slice(np.load(folder / "labels.npy", mmap_mode="r"), axis, index)
+        masks = np.stack([labels == layer["value"] for layer in chosen]) if chosen else None
+    else:
+        regions = np.load(folder / "regions.npy", mmap_mode="r")
+        masks = np.stack([_one_slice(regions[layer["region"]], axis, index) for layer in chosen]) if chosen else None
+    rgb = overlay.render_slice(
+        grey, masks, axis, 0, [_rgb(layer["color"]) for layer in chosen], alpha=opacity, window=(0.0, 255.0)
+    )
+    return overlay.png_bytes(rgb)
