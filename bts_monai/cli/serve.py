@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
+    from bts_monai.inference.predictor import PRECISIONS
     from bts_monai.serve.app import DEFAULT_KEEP_MINUTES, DEFAULT_MAX_UPLOAD_MB
 
     p = argparse.ArgumentParser(prog="bts-serve", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -30,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--ckpt", type=Path, help="a trained checkpoint (.ckpt)")
     model.add_argument("--model", help="a packaged default model by name")
-    p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
+    speed = p.add_argument_group("speed (as bts-infer)")
+    speed.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    speed.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's choice)")
+    speed.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
+    speed.add_argument("--tta", action="store_true", help="average over mirror flips (8x slower in 3D)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
     p.add_argument(
         "--workdir", type=Path, help="folder for uploads and results (default: a new temporary folder, removed at exit)"
     )
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_KEEP_MINUTES,
         help="how long results are kept after a case is done (default: %(default)s)",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     return p
 
 
@@ -79,12 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BtsInputError(None, f"--port {args.port} is not a port number (0-65535)")
     if args.max_upload_mb <= 0 or args.keep_minutes <= 0:
         raise BtsInputError(None, "--max-upload-mb and --keep-minutes must be positive")
+    if not 0 <= args.overlap < 1:
+        raise BtsInputError(None, f"--overlap {args.overlap} must be at least 0 and below 1")
+    if args.threads is not None and args.threads < 1:
+        raise BtsInputError(None, f"--threads {args.threads} must be at least 1")
 
     from bts_monai.serve.app import create_app
     from bts_monai.serve.pipeline import load_predictor, resolve_model
 
     ckpt = args.ckpt if args.ckpt is not None else resolve_model(args.model)
-    predictor = load_predictor(ckpt, device=args.device)
+    predictor = load_predictor(
+        ckpt, device=args.device, threads=args.threads, overlap=args.overlap, tta=args.tta, precision=args.precision
+    )
     import uvicorn
 
     sock = _listen(args.host, args.port)

@@ -135,14 +135,18 @@ class _WindowCounter:
         return getattr(self.inner, name)
 
     def __call__(self, inputs: Any, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        total = _window_count(tuple(inputs.shape[2:]), self.inner.roi_size, self.inner.overlap) * int(inputs.shape[0])
+        try:
+            per_image = _window_count(tuple(inputs.shape[2:]), self.inner.roi_size, self.inner.overlap)
+            total = per_image * int(inputs.shape[0])
+        except (AttributeError, TypeError, ValueError):  # an inferer of another kind: count without a total
+            total = 0
         done = 0
 
         def counted(x: Any, *a: Any, **k: Any) -> Any:
             nonlocal done
             out = network(x, *a, **k)
             done += int(x.shape[0])
-            self.report(min(done, total), total)
+            self.report(min(done, total) if total else done, total)
             return out
 
         return self.inner(inputs, counted, *args, **kwargs)
@@ -164,7 +168,10 @@ def _predict(predictor: Predictor, job: Job, progress: Progress) -> Prediction:
     progress(_READ, "preparing the scan")
 
     def windows(done: int, total: int) -> None:
-        progress(_READ + _WINDOWS * done / total, f"segmenting: window {done} of {total}")
+        if total:
+            progress(_READ + _WINDOWS * done / total, f"segmenting: window {done} of {total}")
+        else:
+            progress(_READ, f"segmenting: window {done}")
 
     inferer = predictor.inferer
     predictor.progress = False

@@ -23,8 +23,6 @@ from bts_monai.data.synthetic import BRATS_LIKE_AFFINE, make_brats_case, make_lg
 from bts_monai.inference.predictor import Predictor
 from bts_monai.serve.app import create_app
 
-torch.set_num_threads(1)
-
 CASE = "BraTS2021_00042"
 
 
@@ -92,6 +90,15 @@ def job_folders(root: Path) -> list[Path]:
 
 
 # ---- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model needs no more; other engineers' tests share the machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def brats_predictor(brats_ckpt: Path) -> Predictor:
     return Predictor.from_checkpoint(brats_ckpt, device="cpu")
