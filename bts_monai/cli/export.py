@@ -1,0 +1,101 @@
+"""``bts-export-model CKPT NAME``: package a training checkpoint as a default model folder.
+
+Writes ``<out>/<NAME>/model.safetensors`` (float16 state dict) and ``metadata.json``; the
+training cases come from the run's split file, the validation figures from a ``bts-eval`` CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bts_monai.cli._common import exits_on_bad_input, setup_logging
+from bts_monai.model.packaged import MODELS_DIR, export_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    p = argparse.ArgumentParser(prog="bts-export-model", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("ckpt", help="training checkpoint (.ckpt)")
+    p.add_argument("name", help="model name (folder name)")
+    p.add_argument("--out", default=str(MODELS_DIR), help="folder of model folders (default: the package's)")
+    p.add_argument("--description", default="")
+    p.add_argument("--split", help="the run's split/datalist JSON: records which cases trained and validated")
+    p.add_argument("--eval-csv", help="bts-eval CSV of the validation cases: its summary means become metadata")
+    p.add_argument("--baseline-csv", help="bts-eval CSV of an untrained model on the same cases")
+    p.add_argument("--command", default="", help="the exact training command")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-license", default="")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _split_cases(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    data = json.loads(Path(path).read_text())
+    train = [e["case_id"] for e in data.get("training", [])]
+    val = [e["case_id"] for e in data.get("validation", [])]
+    return {
+        "datasets": data.get("datasets"),
+        "train_cases": train,
+        "val_cases": val,
+        "n_train": len(train),
+        "n_val": len(val),
+        "split": data.get("split"),
+    }
+
+
+def _means(path: str | None) -> dict[str, dict[str, float]]:
+    """Per region: the mean of each metric (the summary rows of a bts-eval CSV)."""
+    if not path:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("case_id") == "summary" and row.get("statistic") == "mean":
+                out[row["region"]] = {
+                    k: round(float(v), 4)
+                    for k, v in row.items()
+                    if k not in ("case_id", "region", "statistic") and v not in ("", None) and _is_number(v)
+                }
+    return out
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+@exits_on_bad_input
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bts-export-model``."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    validation = {"mean_per_region": _means(args.eval_csv)}
+    if args.baseline_csv:
+        validation["untrained_mean_per_region"] = _means(args.baseline_csv)
+    folder = export_model(
+        args.ckpt,
+        args.name,
+        args.out,
+        description=args.description,
+        training_data=_split_cases(args.split),
+        validation=validation,
+        reproduce={"command": args.command, "seed": args.seed},
+        data_license=args.data_license,
+    )
+    size = (folder / "model.safetensors").stat().st_size / 1e6
+    print(f"packaged {args.name} in {folder} ({size:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
