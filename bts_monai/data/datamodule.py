@@ -60,8 +60,10 @@ class BratsDataModule(pl.LightningDataModule):
         spacing: resample to this voxel size in mm (BraTS is already 1 mm isotropic).
         intensity: ``zscore`` (inside the brain, per channel), ``minmax``, ``unit`` (uint8/255) or
             ``auto`` (``unit`` for LGG, ``zscore`` otherwise).
-        cache: ``none``, ``memory`` (MONAI CacheDataset of the deterministic part) or ``disk``
-            (MONAI PersistentDataset under ``cache_dir``).
+        cache: ``none``, ``memory`` (MONAI CacheDataset of the deterministic part), ``disk``
+            (MONAI PersistentDataset under ``cache_dir``) or ``preprocessed`` (BraTS volumes: the
+            deterministic part run once per case into compact float16 arrays under ``cache_dir``,
+            as ``bts-preprocess`` does; training patches are read lazily from them).
         cache_dir: folder of the on-disk cache (default ``.bts_cache`` in the working folder).
         num_workers: data loader workers.
         download: fetch the dataset from Kaggle into ``data_root`` in ``prepare_data``.
@@ -88,7 +90,7 @@ class BratsDataModule(pl.LightningDataModule):
         split_file: str | None = None,
         spacing: list[float] | None = None,
         intensity: str = "auto",
-        cache: Literal["none", "memory", "disk"] = "none",
+        cache: Literal["none", "memory", "disk", "preprocessed"] = "none",
         cache_dir: str | None = None,
         num_workers: int = 2,
         download: bool = False,
@@ -193,6 +195,9 @@ class BratsDataModule(pl.LightningDataModule):
             if self.dataset == "auto" or self.data_root is None:
                 raise BtsInputError(None, "download: true needs data_root and dataset: brats2020, brats2021 or lgg")
             download_dataset(self.dataset, self.data_root)
+        if self.cache == "preprocessed":
+            dl = self._resolve_datalist()
+            self._preprocess(dl["training"] + dl.get("validation", []))
 
     def _make_synthetic(self) -> None:
         from bts_monai.data.synthetic import make_brats_dataset, make_lgg_dataset
@@ -251,6 +256,9 @@ class BratsDataModule(pl.LightningDataModule):
         if not train:
             raise BtsInputError(self.datalist_path or self.data_root, "no labelled training cases")
         logger.info("%s: %d training and %d validation cases", self.dataset, len(train), len(val))
+        if self.cache == "preprocessed":
+            self._setup_preprocessed(train, val)
+            return
         kind = "tiff" if self.is_lgg else "nifti"
         t_train = train_transforms(
             self.scheme,
@@ -266,6 +274,29 @@ class BratsDataModule(pl.LightningDataModule):
         t_val = val_transforms(self.scheme, kind, self.intensity, self.label_mode, self.spacing)
         self.train_ds = self._dataset(self._train_items(train), t_train)
         self.val_ds = self._dataset([self._item(e) for e in val], t_val)
+
+    def _preprocess(self, entries: list[dict[str, Any]]) -> Any:
+        """Build (or reuse: it is idempotent) the preprocessed cache of ``entries``."""
+        from bts_monai.data.cache import CacheSettings, PreprocessedCache
+
+        if self.is_lgg or any("slices" in e for e in entries):
+            raise ValueError("cache: preprocessed is for BraTS volumes; LGG slices are small, use cache: memory")
+        settings = CacheSettings(
+            self.scheme.name, tuple(self.modalities), self.label_mode, self.intensity, self.spacing
+        )
+        cache = PreprocessedCache(self.cache_dir, settings)
+        cache.build(entries, workers=self.num_workers)
+        return cache
+
+    def _setup_preprocessed(self, train: list[dict[str, Any]], val: list[dict[str, Any]]) -> None:
+        from bts_monai.data.cache import PreprocessedDataset, preprocessed_train_transforms, preprocessed_val_transforms
+
+        cache = self._preprocess(train + val)  # after prepare_data, every case is already there
+        t_train = preprocessed_train_transforms(
+            self.roi_size, self.spatial_dims, self.num_samples, augment=self.augment
+        )
+        self.train_ds = PreprocessedDataset(cache, [e["case_id"] for e in train], t_train)
+        self.val_ds = PreprocessedDataset(cache, [e["case_id"] for e in val], preprocessed_val_transforms())
 
     def _item(self, entry: dict[str, Any]) -> dict[str, Any]:
         """A datalist entry -> the transform input of one case (LGG: the patient's slice stack)."""
