@@ -20,7 +20,7 @@ from bts_monai.data.discovery import (
     select_split,
     write_datalist,
 )
-from bts_monai.data.transforms import train_transforms, val_transforms
+from bts_monai.data.transforms import deterministic_transforms, train_transforms, val_transforms
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, get_scheme
 
@@ -351,3 +351,25 @@ class BratsDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Same as validation."""
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Whole volumes of the unlabelled cases (``test`` in the datalist), else of the validation ones.
+
+        Items carry only the image (and ``case_id``); ``lightning predict`` returns region masks on
+        the preprocessed (RAS, brain-cropped) grid. For segmentations in a scan's own grid, with
+        reports and overlays, use ``bts-infer`` or :class:`bts_monai.inference.predictor.Predictor`.
+        """
+        if self.train_ds is None and self.val_ds is None:
+            self.setup("predict")
+        entries = self.test_entries or self.val_entries
+        kind = "tiff" if self.is_lgg else "nifti"
+        items = []
+        for e in entries:
+            if "slices" in e:
+                items.append({"image": [s["image"] for s in e["slices"]], "case_id": e["case_id"]})
+            else:
+                items.append({"image": [e[m] for m in self.modalities], "case_id": e["case_id"]})
+        transform = deterministic_transforms(
+            self.scheme, kind, self.intensity, self.label_mode, self.spacing, with_label=False
+        )
+        return DataLoader(Dataset(items, transform), batch_size=1, shuffle=False, num_workers=0)

@@ -97,3 +97,16 @@ def test_bad_configuration():
         BratsDataModule(data_root="x", modalities=["dwi"])
     with pytest.raises(BtsInputError, match="does not exist"):
         BratsDataModule(data_root="/nonexistent/bts", split_file="/tmp/never.json").setup("fit")
+
+
+def test_predict_dataloader_unlabelled_cases(tmp_path: Path):
+    from bts_monai.data.synthetic import make_brats_case
+
+    root = tmp_path / "ds"
+    for i in range(3):
+        make_brats_case(root, f"BraTS2021_{i:05d}", (24, 24, 20), seed=i)
+    make_brats_case(root, "BraTS2021_00099", (24, 24, 20), seed=9, with_label=False)
+    dm = _dm(root, tmp_path, roi_size=[16, 16, 16], val_fraction=0.34)
+    items = list(dm.predict_dataloader())
+    assert [b["case_id"] for b in items] == [["BraTS2021_00099"]]
+    assert items[0]["image"].shape[:2] == (1, 4) and "label" not in items[0]
