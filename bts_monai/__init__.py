@@ -16,6 +16,8 @@ _EXPORTS = {
     "BratsDataModule": "bts_monai.data.datamodule",
     "BratsSegModule": "bts_monai.model.module",
     "load_checkpoint": "bts_monai.model.checkpoint",
+    "build_network": "bts_monai.model.module",
+    "Predictor": "bts_monai.inference.predictor",
     "BtsInputError": "bts_monai.errors",
     "LabelScheme": "bts_monai.labels",
     "get_scheme": "bts_monai.labels",
