@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="case folders, 4D NIfTI, TIFF slices or folders of them")
     p.add_argument("--ckpt", metavar="PATH", help="checkpoint from `bts-train fit` (default: the packaged model)")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a packaged model by name (default: brats_unet_2mm for NIfTI, lgg_unet2d for TIFF)",
+    )
+    p.add_argument("--list-models", action="store_true", help="list the packaged models and exit")
     p.add_argument("-o", "--output", metavar="PATH", help="output file (one input) or folder (several)")
     files = p.add_argument_group("explicit modality files (one case)")
     for m in BRATS_MODALITIES:
@@ -117,12 +123,19 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.verbose)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
+    if args.list_models:
+        _print_models()
+        return 0
     files = {m: getattr(args, m) for m in BRATS_MODALITIES if getattr(args, m)}
     if not args.inputs and not files:
         raise BtsInputError(None, "no input: give a case folder, a 4D NIfTI, TIFF slices, or --flair/--t1/--t1ce/--t2")
     ckpt = args.ckpt
+    if ckpt is None and args.model:
+        from bts_monai.model.packaged import model_dir
+
+        ckpt = model_dir(args.model)
     if ckpt is None:
-        tiff = any(str(i).lower().endswith((".tif", ".tiff")) for i in args.inputs)
+        tiff = any(_is_tiff_input(i) for i in args.inputs)
         ckpt = default_model_path("lgg" if tiff else "brats")
         if ckpt is None:
             raise BtsInputError(None, NO_DEFAULT_MODEL)
@@ -160,6 +173,43 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.report and len(results) > 1 and any(r.ok for r in results):
         print(f"report: {args.report}")
     return 0 if all(r.ok for r in results) else EXIT_BAD_INPUT
+
+
+
+def _is_tiff_input(path: str) -> bool:
+    """A TIFF slice, or a folder (LGG patient, or folder of patients) of TIFFs and no NIfTI."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        names = [f.name.lower() for f in p.rglob("*") if f.is_file()]
+        return any(n.endswith((".tif", ".tiff")) for n in names) and not any(".nii" in n for n in names)
+    return p.name.lower().endswith((".tif", ".tiff"))
+
+def _print_models() -> None:
+    """One paragraph per packaged model: name, inputs, outputs, training data and validation."""
+    from bts_monai.model.packaged import DEFAULT_MODELS, list_models
+
+    defaults = {v: k for k, v in DEFAULT_MODELS.items()}
+    models = list_models()
+    if not models:
+        print("no packaged models installed")
+    for m in models:
+        inf, td = m["inference"], m["training_data"]
+        role = f" (default for {defaults[m['name']]} input)" if m["name"] in defaults else ""
+        print(f"{m['name']} {m['version']}{role}: {m['description']}")
+        print(
+            f"  inputs: {', '.join(inf['modalities'])}; {inf['spatial_dims']}D; regions {', '.join(m['regions'])}; "
+            f"labels {m['output_label_values']}; roi {inf['roi_size']}; spacing {inf['spacing'] or 'native'}"
+        )
+        print(
+            f"  trained on {td.get('n_train', '?')} cases, validated on {td.get('n_val', '?')}: "
+            + "; ".join(
+                f"{r} Dice {v.get('dice', float('nan')):.3f}"
+                for r, v in m["validation"].get("mean_per_region", {}).items()
+            )
+        )
+        print(f"  {m['intended_use']}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,10 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("32", "bf16")
 """Inference precisions: float32, or bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."""
 
-NO_DEFAULT_MODEL = "no packaged default model yet; pass --ckpt PATH (a checkpoint from `bts-train fit`)"
+NO_DEFAULT_MODEL = (
+    "no packaged default model is installed for this input; pass --ckpt PATH (a checkpoint from "
+    "`bts-train fit`) or --model NAME (see --list-models)"
+)
 """What users are told when no checkpoint is given and no default model is packaged."""
 
 PROBABILITY_SCALE = 32767
@@ -74,11 +77,14 @@ CONFIG_KEYS = ("modalities", "scheme", "label_mode", "spatial_dims", "roi_size",
 
 
 def default_model_path(kind: str = "brats") -> Path | None:
-    """The packaged default checkpoint for ``kind`` (``"brats"`` 3D, ``"lgg"`` 2D), or ``None``
-    while none is packaged (a later release ships them)."""
-    if kind not in ("brats", "lgg"):
+    """The packaged default model folder for ``kind`` (``"brats"`` 3D, ``"lgg"`` 2D), or ``None``
+    when it is not installed. :meth:`Predictor.from_checkpoint` takes such a folder like a ``.ckpt``."""
+    from bts_monai.model.packaged import DEFAULT_MODELS, MODELS_DIR, is_model_folder
+
+    if kind not in DEFAULT_MODELS:
         raise ValueError(f"unknown model kind {kind!r}: use 'brats' or 'lgg'")
-    return None
+    folder = MODELS_DIR / DEFAULT_MODELS[kind]
+    return folder if is_model_folder(folder) else None
 
 
 @dataclass
@@ -314,18 +320,37 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], trusted: bool = False, **kwargs: Any) -> Predictor:
-        """Rebuild network and settings from a training checkpoint (loaded with ``weights_only``).
+        """Rebuild network and settings from a training checkpoint (loaded with ``weights_only``)
+        or a packaged-model folder (``bts_monai/models/<name>``, safetensors).
 
         Raises:
             BtsInputError: the file is missing, corrupt, or not a checkpoint of this project.
         """
         from bts_monai.model.checkpoint import load_checkpoint
+        from bts_monai.model.packaged import is_model_folder, load_model_folder
 
         try:
-            net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
+            if is_model_folder(path):
+                net, config = load_model_folder(path)
+            else:
+                net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
         except BtsInputError as exc:
             raise one_line(exc) from exc
         return cls(net, config, **kwargs)
+
+    @classmethod
+    def from_packaged(cls, name: str | None = None, kind: str = "brats", **kwargs: Any) -> Predictor:
+        """A packaged model by name (``bts-infer --list-models``), or the default one for ``kind``.
+
+        Raises:
+            BtsInputError: no packaged model of that name (or none installed for ``kind``).
+        """
+        from bts_monai.model.packaged import model_dir
+
+        folder = model_dir(name) if name else default_model_path(kind)
+        if folder is None:
+            raise BtsInputError(None, NO_DEFAULT_MODEL)
+        return cls.from_checkpoint(folder, **kwargs)
 
     # ---- properties --------------------------------------------------------------------------
     @property

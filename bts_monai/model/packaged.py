@@ -32,6 +32,8 @@ __all__ = [
     "read_metadata",
     "validate_metadata",
     "load_packaged",
+    "load_model_folder",
+    "is_model_folder",
     "export_model",
 ]
 
@@ -126,11 +128,23 @@ def load_packaged(name: str, map_location: str | torch.device = "cpu") -> tuple[
 
     The weights load without unpickling anything (safetensors).
     """
+    return load_model_folder(model_dir(name), map_location)
+
+
+def is_model_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a packaged-model folder (holds ``metadata.json``)."""
+    return Path(path).is_dir() and (Path(path) / METADATA_NAME).is_file()
+
+
+def load_model_folder(
+    folder: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model of a packaged-model folder (see :func:`load_packaged`)."""
     from safetensors.torch import load_file
 
     from bts_monai.model.module import build_network
 
-    folder = model_dir(name)
+    folder = Path(folder)
     meta = read_metadata(folder)
     weights_path = folder / meta["weights"]["file"]
     try:

@@ -44,12 +44,16 @@ _READ, _WINDOWS = 0.08, 0.82
 
 
 def resolve_model(name: str | None) -> Path:
-    """The checkpoint of a packaged default model (``brats`` or ``lgg``; ``None``: ``brats``).
+    """The folder of a packaged model: by name, or the default for ``brats``/``lgg`` (``None``: ``brats``).
 
     Raises:
         BtsInputError: an unknown name, or no default model packaged yet.
     """
     kind = name or "brats"
+    if kind not in ("brats", "lgg"):
+        from bts_monai.model.packaged import model_dir
+
+        return model_dir(kind)  # a packaged model by name (bts-infer --list-models)
     try:
         path = default_model_path(kind)
     except ValueError as exc:
