@@ -1,7 +1,8 @@
 """``bts-demo``: the main job on the embedded default sample, needing no download.
 
-Generates the synthetic BraTS-like sample, discovers it, and pushes a case through the
-training transforms, printing what each step did.
+Generates the synthetic BraTS-like sample, discovers it, pushes a case through the training
+transforms, then segments a case with the packaged default model (a synthetic case, or the real
+one given with ``--case``), writing the segmentation, the volume report and the overlay PNG.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bts-demo", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--workdir", default="bts_demo", help="folder for the sample and outputs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--case", help="a real case to segment at the end (BraTS case folder, 4D NIfTI or LGG patient)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -37,14 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(args.workdir)
     t0 = time.perf_counter()
     roots = make_sample(work / "sample", seed=args.seed)
-    print(f"[1/3] synthetic sample written to {work / 'sample'} in {time.perf_counter() - t0:.1f} s")
+    print(f"[1/4] synthetic sample written to {work / 'sample'} in {time.perf_counter() - t0:.1f} s")
     for name, root in roots.items():
         dl = make_datalist(root, seed=args.seed, full_check=True)
         out = work / f"datalist_{name}.json"
         write_datalist(dl, out)
         for ds, s in dl["datasets"].items():
             extra = f", {s['slices']} slices" if s["slices"] else ""
-            print(f"[2/3] discovered {ds}: {s['cases']} cases, {s['labelled']} labelled{extra} -> {out}")
+            print(f"[2/4] discovered {ds}: {s['cases']} cases, {s['labelled']} labelled{extra} -> {out}")
     dl = make_datalist(roots["brats"], seed=args.seed)
     case = dl["training"][0]
     item = {"image": [case[m] for m in ("flair", "t1", "t1ce", "t2")], "label": case["label"]}
@@ -54,12 +56,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = samples[0]
     regions = ", ".join(f"{n}={int(v)}" for n, v in zip(("TC", "WT", "ET"), s["label"].sum(dim=(1, 2, 3))))
     print(
-        f"[3/3] {case['case_id']} through the training transforms in {dt:.2f} s: "
+        f"[3/4] {case['case_id']} through the training transforms in {dt:.2f} s: "
         f"{len(samples)} patches, image {tuple(s['image'].shape)} {s['image'].dtype}, "
         f"label {tuple(s['label'].shape)} (voxels in patch: {regions}); "
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
+    _segment(args.case or str(Path(case["flair"]).parent), work / "segmentation")
     return 0
+
+
+def _segment(case: str, out: Path) -> None:
+    """Segment one case with the packaged default model and say where everything went."""
+    import json
+    import time
+
+    import torch
+
+    from bts_monai.inference.predictor import Predictor
+
+    kind = "lgg" if _is_lgg(case) else "brats"
+    predictor = Predictor.from_packaged(kind=kind)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(case).name.removesuffix(".gz").removesuffix(".nii")
+    seg = out / (f"{name}_seg.tif" if kind == "lgg" else f"{name}_seg.nii.gz")
+    t0 = time.perf_counter()
+    prediction = predictor.predict(case)
+    prediction.save(seg, report=out / f"{name}_report.json", overlay=out / f"{name}_overlay.png")
+    dt = time.perf_counter() - t0
+    report = json.loads((out / f"{name}_report.json").read_text())
+    volumes = ", ".join(
+        f"{r['region']} {r['volume_ml']:.1f} mL"
+        if r.get("volume_ml") is not None
+        else f"{r['region']} {r['voxels']} px"
+        for r in report["regions"]
+    )
+    print(
+        f"[4/4] {name} segmented by the packaged model {predictor.config.get('model_name', '?')} in {dt:.1f} s "
+        f"on {torch.backends.cpu.get_cpu_capability()}: {volumes}\n"
+        f"      segmentation {seg}\n      report {out / (name + '_report.json')}\n"
+        f"      overlay {out / (name + '_overlay.png')}"
+    )
+
+
+def _is_lgg(case: str) -> bool:
+    p = Path(case)
+    return p.suffix.lower() in (".tif", ".tiff") or (p.is_dir() and any(p.glob("*.tif")))
 
 
 if __name__ == "__main__":

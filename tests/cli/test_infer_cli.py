@@ -127,9 +127,23 @@ def test_lgg_patient_folder(tmp_path, lgg_ckpt):
     assert tifffile.imread(tmp_path / "out" / "TCGA_XX_0003_20000101_seg.tif").shape == (5, 32, 32)
 
 
-def test_no_checkpoint(case, capsys):
+def test_no_checkpoint_and_no_packaged_model(case, capsys, tmp_path, monkeypatch):
+    import bts_monai.model.packaged as packaged
+
+    monkeypatch.setattr(packaged, "MODELS_DIR", tmp_path / "no_models")
     assert main([str(case)]) == 2
-    _one_line_error(capsys, "no packaged default model yet; pass --ckpt PATH (a checkpoint from `bts-train fit`)")
+    _one_line_error(capsys, "no packaged default model is installed for this input; pass --ckpt PATH")
+
+
+def test_unknown_model_name(case, capsys):
+    assert main([str(case), "--model", "nope"]) == 2
+    _one_line_error(capsys, "no packaged model named 'nope'")
+
+
+def test_list_models(capsys):
+    assert main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "lgg_unet2d" in out and "Research only" in out
 
 
 def _nan(case: Path) -> Path:

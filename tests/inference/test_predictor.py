@@ -217,6 +217,14 @@ def test_from_checkpoint_bad_files(tmp_path):
         Predictor.from_checkpoint(foreign)
 
 
-def test_no_default_model_yet():
-    assert default_model_path("brats") is None and default_model_path("lgg") is None
+def test_default_model_paths(tmp_path, monkeypatch):
+    import bts_monai.model.packaged as packaged
+
+    for kind in ("brats", "lgg"):
+        folder = default_model_path(kind)
+        assert folder is not None and (folder / "metadata.json").is_file()
+    with pytest.raises(ValueError, match="unknown model kind"):
+        default_model_path("dwi")
+    monkeypatch.setattr(packaged, "MODELS_DIR", tmp_path)
+    assert default_model_path("brats") is None
     assert "pass --ckpt PATH" in predictor_mod.NO_DEFAULT_MODEL
