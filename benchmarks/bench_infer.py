@@ -6,8 +6,9 @@ to end (interpreter start, imports, loading the checkpoint and the four modaliti
 writing the segmentation) and peak RSS is the process's own (``wait4``).
 
 The reference is the textbook MONAI chain: LoadImaged, EnsureChannelFirstd, Orientationd (RAS),
-NormalizeIntensityd (non-zero, channel-wise), SlidingWindowInferer (roi 128, overlap 0.5,
-gaussian, batch 1) on the whole volume, sigmoid, Invertd, threshold 0.5, SaveImaged.
+NormalizeIntensityd (non-zero, channel-wise), SlidingWindowInferer (the checkpoint's roi, 128 for
+the DynUNet; overlap 0.5, gaussian, batch 1) on the whole volume, sigmoid, Invertd, threshold 0.5,
+SaveImaged; for a checkpoint trained at another voxel size, Spacingd follows Orientationd.
 
 Weights: ``--ckpt`` (a trained checkpoint of the DynUNet in configs/brats21.yaml), or, without
 one, that DynUNet with random weights whose 1x1x1 output layer is fitted (logistic regression,
@@ -131,6 +132,7 @@ def reference_worker(case: Path, ckpt: Path, out_dir: Path, result: Path) -> Non
         NormalizeIntensityd,
         Orientationd,
         SaveImaged,
+        Spacingd,
     )
 
     from bts_monai.model.checkpoint import load_checkpoint
@@ -138,14 +140,14 @@ def reference_worker(case: Path, ckpt: Path, out_dir: Path, result: Path) -> Non
     t0 = time.perf_counter()
     net, cfg = load_checkpoint(ckpt)
     scheme = get_scheme(cfg["scheme"])
-    pre = Compose(
-        [
-            LoadImaged(keys="image"),
-            EnsureChannelFirstd(keys="image"),
-            Orientationd(keys="image", axcodes="RAS", labels=RAS_LABELS),
-            NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-        ]
-    )
+    steps = [
+        LoadImaged(keys="image"),
+        EnsureChannelFirstd(keys="image"),
+        Orientationd(keys="image", axcodes="RAS", labels=RAS_LABELS),
+    ]
+    if cfg.get("spacing"):
+        steps.append(Spacingd(keys="image", pixdim=cfg["spacing"], mode="bilinear"))
+    pre = Compose([*steps, NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)])
     post = Compose(
         [
             Activationsd(keys="pred", sigmoid=True),
@@ -166,7 +168,7 @@ def reference_worker(case: Path, ckpt: Path, out_dir: Path, result: Path) -> Non
             ),
         ]
     )
-    inferer = SlidingWindowInferer(roi_size=ROI, sw_batch_size=1, overlap=0.5, mode="gaussian")
+    inferer = SlidingWindowInferer(roi_size=cfg["roi_size"], sw_batch_size=1, overlap=0.5, mode="gaussian")
     t1 = time.perf_counter()
     data = pre({"image": [str(next(case.glob(f"*_{m}.nii.gz"))) for m in cfg["modalities"]]})
     t2 = time.perf_counter()

@@ -175,7 +175,6 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0 if all(r.ok for r in results) else EXIT_BAD_INPUT
 
 
-
 def _is_tiff_input(path: str) -> bool:
     """A TIFF slice, or a folder (LGG patient, or folder of patients) of TIFFs and no NIfTI."""
     from pathlib import Path
@@ -185,6 +184,7 @@ def _is_tiff_input(path: str) -> bool:
         names = [f.name.lower() for f in p.rglob("*") if f.is_file()]
         return any(n.endswith((".tif", ".tiff")) for n in names) and not any(".nii" in n for n in names)
     return p.name.lower().endswith((".tif", ".tiff"))
+
 
 def _print_models() -> None:
     """One paragraph per packaged model: name, inputs, outputs, training data and validation."""

@@ -505,7 +505,8 @@ def _load_tiff(case: CaseInput, model: ModelInputs) -> LoadedCase:
 def tiff_display_affine() -> np.ndarray:
     """A voxel -> RAS affine for ``(row, column, slice)`` stacks, so an axial view shows each slice
     as stored (row 0 at the top, column 0 on the left). The voxel size is unknown: 1 is assumed."""
-    return np.array([[0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    # Overlays draw axial slices radiologically (patient's right on the left): columns run to -x.
+    return np.array([[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 # ---- writing -------------------------------------------------------------------------------------

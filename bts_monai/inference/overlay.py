@@ -1,10 +1,11 @@
 """Tumour regions in colour over an MRI slice: the one overlay renderer (CLI, web page, training).
 
 Volumes are RAS-ordered arrays ``(X, Y, Z)`` (use :func:`bts_monai.inference.geometry.ras_oriented`
-for a file's own axes). Slices are drawn the way viewers show them: superior (axial: anterior) at
-the top and, in axial and coronal views, the patient's right on the image's right (neurological
-convention). Regions are painted in the order given, so pass them outer to inner (WT, TC, ET) to
-keep the nested ones visible. Only numpy and Pillow are used: no display is needed.
+for a file's own axes). Slices are drawn the way 3D Slicer and ITK-SNAP show them by default:
+superior (axial: anterior) at the top, the patient's right on the image's left in axial and
+coronal views (radiological convention), anterior on the left in sagittal views. Regions are
+painted in the order given, so pass them outer to inner (WT, TC, ET) to keep the nested ones
+visible. Only numpy and Pillow are used: no display is needed.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def intensity_window(volume: np.ndarray, percentiles: Sequence[float] = (0.5, 99
 def slice_2d(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """The ``index``-th slice across RAS ``axis`` of ``(..., X, Y, Z)``, as displayed (rows top-down)."""
     sl = np.take(volume, int(index), axis=volume.ndim - 3 + int(axis))
-    # (..., u, v) with u the horizontal axis and v the vertical one (increasing upward).
-    return np.flip(np.swapaxes(sl, -1, -2), axis=-2)
+    # (..., u, v): u runs to the right or anterior, v upward; rows go down, columns go left.
+    return np.flip(np.swapaxes(sl, -1, -2), axis=(-2, -1))
 
 
 def render_slice(
@@ -86,7 +87,8 @@ def render_slice(
 
     Args:
         volume: ``(X, Y, Z)`` RAS-ordered intensities.
-        regions: ``(R, X, Y, Z)`` boolean masks (or ``None``), painted in this order.
+        regions: ``(R, X, Y, Z)`` boolean masks (or ``None``), painted in this order (a pixel takes
+            the colour of the last region that covers it).
         axis: 0 sagittal, 1 coronal, 2 axial (see :data:`AXES`).
         index: slice number along ``axis``.
         colors: one RGB colour per region (default :func:`region_colors` of generic names).
@@ -103,8 +105,14 @@ def render_slice(
     if regions is not None and len(regions):
         masks = slice_2d(np.asarray(regions, dtype=bool), axis, index)
         cols = list(colors) if colors is not None else region_colors([f"r{i}" for i in range(len(masks))])
+        # Each pixel takes the colour of the last region covering it, blended once, so nested
+        # regions keep their own colour rather than a mix of all of them.
+        paint = np.zeros_like(rgb)
+        covered = np.zeros(rgb.shape[:2], dtype=bool)
         for mask, col in zip(masks, cols):
-            rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(col, dtype=np.float32)
+            paint[mask] = np.asarray(col, dtype=np.float32)
+            covered |= mask
+        rgb[covered] = (1 - alpha) * rgb[covered] + alpha * paint[covered]
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 

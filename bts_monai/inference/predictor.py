@@ -250,8 +250,8 @@ class Predictor:
         threads: CPU threads for torch (sets ``torch.set_num_threads``, process-wide); default torch's.
         sw_batch_size: windows per forward pass (default 1 on CPU, where larger is slower; 4 on GPU).
         progress: show a progress bar over the windows of each case.
-        channels_last: run 3D networks in channels-last memory layout (off by default: no gain
-            measured on this project's CPUs).
+        channels_last: run 3D networks in channels-last memory layout (off by default: 15% slower
+            than the default layout on this project's CPU, see benchmarks/README.md).
 
     Example:
         >>> p = Predictor.from_checkpoint("run.ckpt")                      # doctest: +SKIP
@@ -429,11 +429,20 @@ class Predictor:
         return labels, region_probs
 
     # ---- cases -------------------------------------------------------------------------------
-    def predict_case(self, case: LoadedCase) -> Prediction:
-        """Segment a loaded (checked) case; the result is in the case's own voxel grid."""
+    def predict_case(self, case: LoadedCase, keep_image: bool = True) -> Prediction:
+        """Segment a loaded (checked) case; the result is in the case's own voxel grid.
+
+        Args:
+            case: the case (see :meth:`load`).
+            keep_image: keep every channel of ``case.image``; ``False`` keeps only the overlay's
+                channel once the network's input is made, which lowers peak memory.
+        """
         start = time.perf_counter()
         transforms = self._transforms[case.kind]
         x = geometry.to_model_space(case.image, case.affine, transforms, case.source)
+        if not keep_image:
+            shown = case.channels.index("flair") if "flair" in case.channels else 0
+            case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
         logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(x.shape[1:]), case.spatial_shape)
         probs = self.class_probabilities(self.logits(x.as_tensor()))
         grid = geometry.to_input_grid(probs.cpu(), x, transforms).numpy()
@@ -580,7 +589,7 @@ class Predictor:
             _check_seg_path(seg_path, case_input.kind)
             case = load_case(case_input, self.inputs)
             self.progress = progress
-            pred = self.predict_case(case)
+            pred = self.predict_case(case, keep_image=False)
             outputs = pred.save(seg_path, probabilities, report, overlay_path)
         except Exception as exc:
             if raise_errors:

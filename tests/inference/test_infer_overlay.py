@@ -29,8 +29,8 @@ def test_render_slice_colours_and_orientation():
     img = render_slice(vol, regions[:1], axis=2, index=8, colors=[red], alpha=1.0)
     assert img.shape == (24, 20, 3) and img.dtype == np.uint8  # rows: y, columns: x
     coloured = np.argwhere((img == red).all(-1))
-    # anterior (high y) is drawn at the top, the patient's right (high x) on the right
-    assert {tuple(c) for c in coloured} == {(23 - y, x) for x in range(5, 12) for y in range(14, 20)}
+    # anterior (high y) is drawn at the top, the patient's right (high x) on the left
+    assert {tuple(c) for c in coloured} == {(23 - y, 19 - x) for x in range(5, 12) for y in range(14, 20)}
     grey = render_slice(vol, None, axis=0, index=10)
     assert grey.shape == (16, 24, 3) and (grey[..., 0] == grey[..., 1]).all()
 
@@ -44,3 +44,16 @@ def test_centre_and_three_planes(tmp_path):
     save_overlay_png(tmp_path / "o.png", rgb)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png")), rgb)
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_tiff_slices_drawn_as_stored():
+    from bts_monai.inference.geometry import ras_oriented
+    from bts_monai.inference.io import tiff_display_affine
+
+    stack = np.zeros((12, 10, 3), np.float32)  # (rows, columns, slices)
+    stack[2:9, 1:8, :] = 50
+    stack[3, 6, 1] = 255  # row 3, column 6 of slice 1
+    vol, _ = ras_oriented(stack, tiff_display_affine())
+    img = render_slice(vol, None, axis=2, index=1, window=(0, 255))
+    assert img.shape == (12, 10, 3)
+    assert tuple(np.argwhere(img[..., 0] == 255)[0]) == (3, 6)
