@@ -14,6 +14,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from bts_monai.data.discovery import (
     BRATS_MODALITIES,
+    LGG_CHANNELS,
     check_case,
     make_datalist,
     read_datalist,
@@ -29,8 +30,6 @@ __all__ = ["BratsDataModule"]
 logger = logging.getLogger(__name__)
 # Empty LGG slices (most of them) have nothing to sample positives from; MONAI warns each time.
 warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
-
-LGG_CHANNELS = ("pre-contrast", "flair", "post-contrast")
 
 
 class BratsDataModule(pl.LightningDataModule):

@@ -33,6 +33,7 @@ from bts_monai.labels import get_scheme
 
 __all__ = [
     "BRATS_MODALITIES",
+    "LGG_CHANNELS",
     "discover",
     "discover_brats",
     "discover_lgg",
@@ -48,6 +49,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+LGG_CHANNELS: tuple[str, ...] = ("pre-contrast", "flair", "post-contrast")
+"""The RGB channels of a Kaggle LGG slice, in order (a missing sequence is replaced by FLAIR)."""
 _BRATS_FILE = re.compile(r"^(?P<case>.+)_(?P<kind>flair|t1ce|t1|t2|seg)\.nii(\.gz)?$", re.IGNORECASE)
 # BraTS 2020 (Kaggle copy) ships case 355's label as e.g. "W39_1998.09.19_Segm.nii".
 _STRAY_SEG = re.compile(r"^.*_Segm\.nii(\.gz)?$", re.IGNORECASE)

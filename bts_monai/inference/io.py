@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bts_monai.data.discovery import LGG_CHANNELS
 from bts_monai.errors import BtsInputError
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LGG_CHANNELS: tuple[str, ...] = ("pre-contrast", "flair", "post-contrast")
-"""The RGB channels of a Kaggle LGG slice, in order."""
 
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 _TIFF = re.compile(r"\.tiff?$", re.IGNORECASE)
