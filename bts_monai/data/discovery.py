@@ -56,8 +56,6 @@ _BRATS_FILE = re.compile(r"^(?P<case>.+)_(?P<kind>flair|t1ce|t1|t2|seg)\.nii(\.g
 _STRAY_SEG = re.compile(r"^.*_Segm\.nii(\.gz)?$", re.IGNORECASE)
 _LGG_MASK = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)_mask\.tiff?$", re.IGNORECASE)
 _LGG_IMAGE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
-_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-_TIFF = re.compile(r"\.tiff?$", re.IGNORECASE)
 
 # Case-id prefix -> dataset name; BraTS 2017-2021 share modalities and labels.
 _BRATS_PREFIXES: tuple[tuple[str, str], ...] = (
