@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
@@ -34,3 +35,20 @@ def exits_on_bad_input(fn: Callable[..., int]) -> Callable[..., int]:
             return 130
 
     return wrapper
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -> None:
+    """The Predictor's speed options, shared by ``bts-infer`` and ``bts-serve``."""
+    from bts_monai.inference.predictor import PRECISIONS
+
+    speed = parser.add_argument_group(title)
+    speed.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
+    speed.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's choice)")
+    speed.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
+    speed.add_argument("--tta", action="store_true", help="average over mirror flips (8x slower in 3D)")
+    speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
+
+
+def speed_options(args: argparse.Namespace) -> dict[str, object]:
+    """The Predictor keyword arguments of :func:`add_speed_arguments`' options."""
+    return {k: getattr(args, k) for k in ("device", "threads", "overlap", "tta", "precision")}

@@ -7,12 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bts_monai.cli._common import EXIT_BAD_INPUT, exits_on_bad_input, setup_logging
+from bts_monai.cli._common import EXIT_BAD_INPUT, add_speed_arguments, exits_on_bad_input, setup_logging, speed_options
 from bts_monai.data.discovery import BRATS_MODALITIES
 from bts_monai.errors import BtsInputError
 from bts_monai.inference.predictor import (
     NO_DEFAULT_MODEL,
-    PRECISIONS,
     CaseResult,
     Predictor,
     default_model_path,
@@ -78,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--probabilities", action="store_true", help="also write per-region probability maps")
     out.add_argument("--report", metavar="PATH", help="volumes as .json or .csv (one file for all cases)")
     out.add_argument("--overlay", metavar="PATH", help="three-plane overlay .png (several inputs: a folder)")
-    speed = p.add_argument_group("speed")
-    speed.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
-    speed.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's choice)")
-    speed.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
-    speed.add_argument("--tta", action="store_true", help="average over mirror flips (8x slower in 3D)")
-    speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
+    add_speed_arguments(p)
     p.add_argument("--trusted", action="store_true", help="allow a network class from outside monai/bts_monai")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
@@ -143,11 +137,7 @@ def _main(argv: Sequence[str] | None) -> int:
         predictor = Predictor.from_checkpoint(
             ckpt,
             trusted=args.trusted,
-            device=args.device,
-            overlap=args.overlap,
-            tta=args.tta,
-            precision=args.precision,
-            threads=args.threads,
+            **speed_options(args),
         )
     except ValueError as exc:
         if isinstance(exc, BtsInputError):

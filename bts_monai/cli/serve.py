@@ -12,7 +12,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from bts_monai.cli._common import exits_on_bad_input, setup_logging
+from bts_monai.cli._common import add_speed_arguments, exits_on_bad_input, setup_logging, speed_options
 from bts_monai.errors import BtsInputError
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
-    from bts_monai.inference.predictor import PRECISIONS
     from bts_monai.serve.app import DEFAULT_KEEP_MINUTES, DEFAULT_MAX_UPLOAD_MB
 
     p = argparse.ArgumentParser(prog="bts-serve", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -31,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--ckpt", type=Path, help="a trained checkpoint (.ckpt)")
     model.add_argument("--model", help="a packaged default model by name")
-    speed = p.add_argument_group("speed (as bts-infer)")
-    speed.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
-    speed.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's choice)")
-    speed.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
-    speed.add_argument("--tta", action="store_true", help="average over mirror flips (8x slower in 3D)")
-    speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
+    add_speed_arguments(p, "speed (as bts-infer)")
     p.add_argument(
         "--workdir", type=Path, help="folder for uploads and results (default: a new temporary folder, removed at exit)"
     )
@@ -94,9 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bts_monai.serve.pipeline import load_predictor, resolve_model
 
     ckpt = args.ckpt if args.ckpt is not None else resolve_model(args.model)
-    predictor = load_predictor(
-        ckpt, device=args.device, threads=args.threads, overlap=args.overlap, tta=args.tta, precision=args.precision
-    )
+    predictor = load_predictor(ckpt, **speed_options(args))
     import uvicorn
 
     sock = _listen(args.host, args.port)
