@@ -799,13 +799,14 @@ def preprocessed_train_transforms(
     pos: float = 1.0,
     neg: float = 1.0,
     augment: bool = True,
+    spatial_augment: bool = False,
 ) -> Compose:
     """:func:`~bts_monai.data.transforms.random_transforms` reading from the cache.
 
     Its ``SpatialPadd`` + ``RandCropByPosNegLabeld`` become :class:`RandCropPreprocessedd` with the
     same parameters; every later step is the very same transform object.
     """
-    rand = random_transforms(roi_size, spatial_dims, num_samples, pos, neg, augment)
+    rand = random_transforms(roi_size, spatial_dims, num_samples, pos, neg, augment, spatial_augment)
     pad, crop, *rest = rand.transforms
     if not (isinstance(pad, SpatialPadd) and isinstance(crop, RandCropByPosNegLabeld)):
         raise RuntimeError("random_transforms no longer starts with SpatialPadd + RandCropByPosNegLabeld")

@@ -68,6 +68,11 @@ class BratsDataModule(pl.LightningDataModule):
         download: fetch the dataset from Kaggle into ``data_root`` in ``prepare_data``.
         augment: random flips and intensity jitter in training.
         check: check every case's headers (shapes and affines agree) during ``setup``.
+        val_cases: a fixed validation split by case id (patient): these cases validate and every
+            other labelled case trains, whatever ``val_fraction`` and ``seed`` say. Used by the
+            default-model configs so the reported split never moves.
+        spatial_augment: add nnU-Net-style spatial and intensity augmentation (MONAI's
+            ``RandAffined`` rotation/scaling, gamma, Gaussian noise and blur) to the flips.
     """
 
     def __init__(
@@ -95,6 +100,8 @@ class BratsDataModule(pl.LightningDataModule):
         download: bool = False,
         augment: bool = True,
         check: bool = True,
+        val_cases: list[str] | None = None,
+        spatial_augment: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -131,6 +138,8 @@ class BratsDataModule(pl.LightningDataModule):
         self.download = download
         self.augment = augment
         self.check = check
+        self.val_cases = list(val_cases) if val_cases else None
+        self.spatial_augment = spatial_augment
         self.train_entries: list[dict[str, Any]] = []
         self.val_entries: list[dict[str, Any]] = []
         self.test_entries: list[dict[str, Any]] = []
@@ -209,6 +218,26 @@ class BratsDataModule(pl.LightningDataModule):
             make_brats_dataset(root / "brats2021", n_cases=8, layout="brats2021", shape=(64, 64, 48))
 
     def _resolve_datalist(self) -> dict[str, Any]:
+        dl = self._find_datalist()
+        return self._fixed_split(dl) if self.val_cases else dl
+
+    def _fixed_split(self, dl: dict[str, Any]) -> dict[str, Any]:
+        """Re-split a datalist so that exactly ``val_cases`` validate."""
+        labelled = dl["training"] + dl.get("validation", [])
+        ids = {e["case_id"] for e in labelled}
+        missing = [c for c in self.val_cases or [] if c not in ids]
+        if missing:
+            raise BtsInputError(
+                self.datalist_path or self.data_root, f"val_cases not found among the labelled cases: {missing}"
+            )
+        wanted = set(self.val_cases or [])
+        out = dict(dl)
+        out["training"] = [{k: v for k, v in e.items() if k != "fold"} for e in labelled if e["case_id"] not in wanted]
+        out["validation"] = [{k: v for k, v in e.items() if k != "fold"} for e in labelled if e["case_id"] in wanted]
+        out["split"] = {"mode": "fixed", "val_cases": sorted(wanted)}
+        return out
+
+    def _find_datalist(self) -> dict[str, Any]:
         if self.datalist_path:
             return read_datalist(self.datalist_path)
         root = Path(self.data_root)
@@ -269,6 +298,7 @@ class BratsDataModule(pl.LightningDataModule):
             spacing=self.spacing,
             num_samples=self.num_samples,
             augment=self.augment,
+            spatial_augment=self.spatial_augment,
         )
         t_val = val_transforms(self.scheme, kind, self.intensity, self.label_mode, self.spacing)
         self.train_ds = self._dataset(self._train_items(train), t_train)
@@ -292,7 +322,8 @@ class BratsDataModule(pl.LightningDataModule):
 
         cache = self._preprocess(train + val)  # after prepare_data, every case is already there
         t_train = preprocessed_train_transforms(
-            self.roi_size, self.spatial_dims, self.num_samples, augment=self.augment
+            self.roi_size, self.spatial_dims, self.num_samples, augment=self.augment,
+            spatial_augment=self.spatial_augment,
         )
         self.train_ds = PreprocessedDataset(cache, [e["case_id"] for e in train], t_train)
         self.val_ds = PreprocessedDataset(cache, [e["case_id"] for e in val], preprocessed_val_transforms())

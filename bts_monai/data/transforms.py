@@ -33,8 +33,12 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityd,
@@ -222,8 +226,13 @@ def random_transforms(
     pos: float = 1.0,
     neg: float = 1.0,
     augment: bool = True,
+    spatial_augment: bool = False,
 ) -> Compose:
     """Random patches (positive/negative sampling inside the brain), flips and intensity jitter.
+
+    ``spatial_augment`` adds what nnU-Net's default augmentation does, with MONAI's transforms:
+    rotation (±15°) and scaling (±15%) with probability 0.2, Gaussian noise, Gaussian blur and
+    gamma, each with probability 0.15 (the patch keeps its size; the label is resampled nearest).
 
     For 2D training from 3D stacks, ``roi_size`` is ``(H, W)``: patches of one slice are cut
     with depth 1 and squeezed; slices come from inside the brain's bounding box, so slices with
@@ -256,6 +265,21 @@ def random_transforms(
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
         ]
+    if spatial_augment:
+        angle = np.deg2rad(15.0)
+        steps += [
+            RandAffined(
+                keys=keys,
+                prob=0.2,
+                rotate_range=[angle] * (3 if spatial_dims == 3 else 1),
+                scale_range=[0.15] * spatial_dims,
+                mode=["bilinear", "nearest"],
+                padding_mode="zeros",
+            ),
+            RandGaussianNoised(keys="image", prob=0.15, std=0.1),
+            RandGaussianSmoothd(keys="image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+            RandAdjustContrastd(keys="image", prob=0.15, gamma=(0.7, 1.5)),
+        ]
     steps.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False))
     return Compose(steps)
 
@@ -270,12 +294,13 @@ def train_transforms(
     spacing: Sequence[float] | None = None,
     num_samples: int = 1,
     augment: bool = True,
+    spatial_augment: bool = False,
 ) -> Compose:
     """The whole training chain: :func:`deterministic_transforms` then :func:`random_transforms`."""
     return Compose(
         [
             deterministic_transforms(scheme, kind, intensity, label_mode, spacing),
-            random_transforms(roi_size, spatial_dims, num_samples, augment=augment),
+            random_transforms(roi_size, spatial_dims, num_samples, augment=augment, spatial_augment=spatial_augment),
         ]
     )
 
