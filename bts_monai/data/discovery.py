@@ -1,17 +1,23 @@
 """Dataset discovery: an extracted dataset folder -> a MONAI/Decathlon-style datalist.
 
-A datalist entry is a plain dict:
+Every layout in :data:`bts_monai.data.layouts.LAYOUTS` is found here; which file is what is
+asked of :mod:`bts_monai.data.layouts`, never spelled here. A datalist entry is a plain dict
+with ``"case_id"``, ``"dataset"`` and ``"scheme"`` (the label scheme of its ``"label"``: a
+:mod:`bts_monai.labels` name, or a scheme spec read from an nnU-Net ``dataset.json``):
 
-* BraTS (2017-2021): ``{"case_id", "dataset", "flair", "t1", "t1ce", "t2", "label"}`` — one path
-  per modality; ``"label"`` is absent for unlabelled cases (validation sets), which are usable for
-  inference and never for training.
-* LGG kaggle_3m: ``{"case_id", "dataset": "lgg", "slices": [{"image", "label"}, ...]}`` — one
-  entry per patient, slices ordered by their number, so splits are by patient, never by slice.
+* BraTS 2017-2021 and 2023-2025, nnU-Net raw: one path per modality under the canonical names
+  ``"flair"``, ``"t1"``, ``"t1ce"``, ``"t2"`` (BraTS 2023's ``t2f``/``t1n``/``t1c``/``t2w`` and
+  nnU-Net's channel names are mapped by meaning) and ``"label"``; ``"label"`` is absent for
+  unlabelled cases (validation sets, ``imagesTs``), usable for inference and never for training.
+* MSD Task01: ``"image"`` (one 4D file) and ``"channels"`` (its 4th axis, canonical names).
+* LGG kaggle_3m: ``"slices": [{"image", "label"}, ...]`` — one entry per patient, slices ordered
+  by their number, so splits are by patient, never by slice.
 
 A datalist file is JSON: ``{"root", "datasets", "split", "training", "validation", "test"}``
 where ``training``/``validation`` hold labelled entries (k-fold splits put every labelled case
 in ``training`` with a ``"fold"`` key) and ``test`` the unlabelled ones. Paths are stored relative
 to the JSON file's folder, like :func:`monai.data.load_decathlon_datalist`.
+:func:`export_nnunet` writes a datalist as an nnU-Net v2 raw dataset with the same split.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import json
 import logging
 import os
 import random
-import re
+import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,15 +34,22 @@ from typing import Any
 
 import numpy as np
 
+from bts_monai.data import layouts
+from bts_monai.data.layouts import BRATS_MODALITIES, LAYOUTS, LGG_CHANNELS, MSD_CHANNELS
 from bts_monai.errors import BtsInputError
-from bts_monai.labels import get_scheme
+from bts_monai.labels import LabelScheme, get_scheme, scheme_from_nnunet
 
 __all__ = [
     "BRATS_MODALITIES",
     "LGG_CHANNELS",
+    "DATASET_CHOICES",
     "discover",
     "discover_brats",
     "discover_lgg",
+    "discover_msd",
+    "discover_nnunet",
+    "entry_scheme",
+    "export_nnunet",
     "split_entries",
     "make_datalist",
     "write_datalist",
@@ -48,35 +61,28 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BRATS_MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
-LGG_CHANNELS: tuple[str, ...] = ("pre-contrast", "flair", "post-contrast")
-"""The RGB channels of a Kaggle LGG slice, in order (a missing sequence is replaced by FLAIR)."""
-_BRATS_FILE = re.compile(r"^(?P<case>.+)_(?P<kind>flair|t1ce|t1|t2|seg)\.nii(\.gz)?$", re.IGNORECASE)
-# BraTS 2020 (Kaggle copy) ships case 355's label as e.g. "W39_1998.09.19_Segm.nii".
-_STRAY_SEG = re.compile(r"^.*_Segm\.nii(\.gz)?$", re.IGNORECASE)
-_LGG_MASK = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)_mask\.tiff?$", re.IGNORECASE)
-_LGG_IMAGE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
-
-# Case-id prefix -> dataset name; BraTS 2017-2021 share modalities and labels.
-_BRATS_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("BraTS2021_", "brats2021"),
-    ("BraTS20_", "brats2020"),
-    ("BraTS19_", "brats2019"),
-    ("Brats18_", "brats2018"),
-    ("Brats17_", "brats2017"),
+DATASET_CHOICES: tuple[str, ...] = (
+    "auto",
+    "brats",
+    *[f"brats{y}" for y in range(2017, 2022)],
+    "brats2023",
+    "brats2024",
+    "msd",
+    "nnunet",
+    "lgg",
 )
+"""What ``--dataset`` (and the DataModule's ``dataset``) take."""
 
 
-def _brats_dataset_name(case_id: str) -> str:
-    for prefix, name in _BRATS_PREFIXES:
-        if case_id.lower().startswith(prefix.lower()):
-            return name
-    return "brats"
+def entry_scheme(entry: dict[str, Any]) -> LabelScheme:
+    """The label scheme of one datalist entry's ``"label"`` (older datalists: by its dataset)."""
+    return get_scheme(entry.get("scheme") or entry["dataset"])
 
 
-def _walk_files(root: Path) -> Iterable[Path]:
+def _walk_files(root: Path, skip: Iterable[Path] = ()) -> Iterable[Path]:
+    skipped = {p.resolve() for p in skip}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() not in skipped)
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath) / name
@@ -93,36 +99,64 @@ def _keep_shallowest(found: dict[str, list[Path]], what: str) -> dict[str, Path]
     return out
 
 
-def discover_brats(root: str | os.PathLike[str], modalities: Sequence[str] = BRATS_MODALITIES) -> list[dict[str, Any]]:
-    """Find BraTS 2017-2021 cases (``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``) under ``root``.
+# ---- BraTS ------------------------------------------------------------------------------------
+def discover_brats(
+    root: str | os.PathLike[str],
+    modalities: Sequence[str] = BRATS_MODALITIES,
+    layout: str | None = None,
+    skip: Iterable[Path] = (),
+) -> list[dict[str, Any]]:
+    """Find BraTS cases under ``root``: 2017-2021 (``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``)
+    and 2023-2025 (``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``).
+
+    Args:
+        modalities: those every case must have.
+        layout: ``"brats"`` or ``"brats2023"`` to find only one year's names; ``None`` for both.
+        skip: folders not to search (nnU-Net and MSD datasets).
 
     Raises:
-        BtsInputError: a case folder lacks a modality or has two labels.
+        BtsInputError: a case folder lacks a modality, has one twice, or mixes both years' names.
     """
     root = Path(root)
     by_dir: dict[Path, dict[str, Path]] = defaultdict(dict)
+    kinds: dict[Path, dict[str, str]] = defaultdict(dict)  # folder -> layout -> an example file
     stray: dict[Path, list[Path]] = defaultdict(list)
-    for path in _walk_files(root):
-        m = _BRATS_FILE.match(path.name)
-        if m:
-            kind = m.group("kind").lower()
-            if kind in by_dir[path.parent]:
-                raise BtsInputError(path.parent, f"two {kind} files: {by_dir[path.parent][kind].name}, {path.name}")
-            by_dir[path.parent][kind] = path
-        elif _STRAY_SEG.match(path.name):
+    for path in _walk_files(root, skip):
+        m = layouts.parse_modality_file(path.name)
+        if m and (layout is None or m.layout == layout):
+            if m.kind in by_dir[path.parent]:
+                raise BtsInputError(path.parent, f"two {m.kind} files: {by_dir[path.parent][m.kind].name}, {path.name}")
+            by_dir[path.parent][m.kind] = path
+            kinds[path.parent].setdefault(m.layout, path.name)
+        elif layouts.is_stray_seg(path.name):
             stray[path.parent].append(path)
+    for folder, found in kinds.items():
+        if len(found) > 1:
+            raise BtsInputError(
+                folder,
+                f"matches two layouts: BraTS 2017-2021 names ({found['brats']}) and BraTS 2023 names "
+                f"({found['brats2023']}); keep one case's files per folder",
+            )
     # Folders are named after their case in every BraTS release; dedupe nested copies by that name.
     case_dirs = _keep_shallowest(_merge_dups(by_dir), "BraTS case")
     entries = []
-    for case_id, case_dir in sorted(case_dirs.items()):
+    for _, case_dir in sorted(case_dirs.items()):
         files = by_dir[case_dir]
+        some = next(iter(files.values()))
+        parsed = layouts.parse_modality_file(some.name)
+        assert parsed is not None
+        case_id, year_layout = parsed.case, parsed.layout
         if "seg" not in files and len(stray.get(case_dir, [])) == 1:
             logger.warning("%s: using %s as the label (non-standard name)", case_dir, stray[case_dir][0].name)
             files["seg"] = stray[case_dir][0]
         missing = [m for m in modalities if m not in files]
         if missing:
-            raise BtsInputError(case_dir, f"case {case_id} is missing modality {', '.join(missing)}")
-        entry: dict[str, Any] = {"case_id": case_id, "dataset": _brats_dataset_name(case_id)}
+            names = _file_names(year_layout, missing)
+            raise BtsInputError(case_dir, f"case {case_id} is missing modality {', '.join(missing)} ({names})")
+        dataset, scheme, cohort = layouts.brats_dataset(case_id, year_layout)
+        entry: dict[str, Any] = {"case_id": case_id, "dataset": dataset, "scheme": scheme}
+        if cohort:
+            entry["cohort"] = cohort
         entry.update({m: str(files[m]) for m in BRATS_MODALITIES if m in files})
         if "seg" in files:
             entry["label"] = str(files["seg"])
@@ -130,14 +164,22 @@ def discover_brats(root: str | os.PathLike[str], modalities: Sequence[str] = BRA
     return entries
 
 
-def _merge_dups(by_dir: dict[Path, dict[str, Path]]) -> dict[str, list[Path]]:
+def _file_names(year_layout: str, modalities: Sequence[str]) -> str:
+    if year_layout == "brats2023":
+        names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+        return ", ".join(f"-{names[m]}.nii.gz" for m in modalities)
+    return ", ".join(f"_{m}.nii.gz" for m in modalities)
+
+
+def _merge_dups(by_dir: dict[Path, Any]) -> dict[str, list[Path]]:
     dups: dict[str, list[Path]] = defaultdict(list)
     for d in by_dir:
         dups[d.name].append(d)
     return dups
 
 
-def discover_lgg(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+# ---- LGG --------------------------------------------------------------------------------------
+def discover_lgg(root: str | os.PathLike[str], skip: Iterable[Path] = ()) -> list[dict[str, Any]]:
     """Find LGG kaggle_3m patients (``TCGA_*/<patient>_<n>.tif`` + ``_<n>_mask.tif``) under ``root``.
 
     ``data.csv``/``README.md`` beside the patient folders are ignored and the archive's nested
@@ -148,15 +190,11 @@ def discover_lgg(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """
     root = Path(root)
     by_dir: dict[Path, dict[str, dict[int, Path]]] = defaultdict(lambda: {"image": {}, "label": {}})
-    for path in _walk_files(root):
-        m = _LGG_MASK.match(path.name)
-        if m:
-            by_dir[path.parent]["label"][int(m.group("n"))] = path
-            continue
-        m = _LGG_IMAGE.match(path.name)
-        if m:
-            by_dir[path.parent]["image"][int(m.group("n"))] = path
-    patients = _keep_shallowest(_merge_dups(by_dir), "LGG patient")  # type: ignore[arg-type]
+    for path in _walk_files(root, skip):
+        s = layouts.parse_lgg_slice(path.name)
+        if s:
+            by_dir[path.parent]["label" if s.mask else "image"][s.number] = path
+    patients = _keep_shallowest(_merge_dups(by_dir), "LGG patient")
     entries = []
     for patient, pdir in sorted(patients.items()):
         images, labels = by_dir[pdir]["image"], by_dir[pdir]["label"]
@@ -165,20 +203,235 @@ def discover_lgg(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
         for n in sorted(set(labels) - set(images)):
             raise BtsInputError(labels[n], "LGG mask has no image slice beside it")
         slices = [{"image": str(images[n]), "label": str(labels[n])} for n in sorted(images)]
-        entries.append({"case_id": patient, "dataset": "lgg", "slices": slices})
+        entries.append({"case_id": patient, "dataset": "lgg", "scheme": "lgg", "slices": slices})
     return entries
 
 
+# ---- MSD and nnU-Net: a dataset.json beside imagesTr/ -------------------------------------------
+def _read_dataset_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BtsInputError(path, f"cannot read as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BtsInputError(path, "not a dataset.json: expected a JSON object")
+    return data
+
+
+def _dataset_json_layout(path: Path, data: dict[str, Any]) -> str:
+    """``"msd"`` or ``"nnunet"``, by the dataset.json's keys and the names in imagesTr."""
+    has_modality, has_channels = "modality" in data, "channel_names" in data
+    if has_modality and has_channels:
+        raise BtsInputError(
+            path,
+            "matches two layouts: MSD ('modality') and nnU-Net v2 ('channel_names'); keep one of the two keys",
+        )
+    images = [p.name for p in _nifti_files(path.parent / "imagesTr")]
+    channel_named = [n for n in images if layouts.parse_nnunet_image(n)]
+    if has_channels:
+        return "nnunet"
+    if has_modality:
+        # nnU-Net v1 raw data: an MSD-style dataset.json over _0000 channel files.
+        return "nnunet" if images and len(channel_named) == len(images) else "msd"
+    raise BtsInputError(path, "neither an MSD ('modality') nor an nnU-Net v2 ('channel_names') dataset.json")
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and layouts.is_nifti_path(p)
+    )
+
+
+def _dataset_roots(root: Path) -> list[Path]:
+    """Folders holding a dataset.json beside an imagesTr/ folder (MSD tasks, nnU-Net datasets)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if "imagesTr" in dirnames and "dataset.json" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []
+        elif "imagesTr" in dirnames:
+            raise BtsInputError(Path(dirpath), "has imagesTr/ but no dataset.json: cannot tell its channels and labels")
+    return found
+
+
+def _channels(path: Path, names: Any, key: str) -> list[str]:
+    if not isinstance(names, dict) or not names:
+        raise BtsInputError(path, f"'{key}' must map channel numbers to names")
+    try:
+        order = sorted(names, key=int)
+    except ValueError:
+        raise BtsInputError(path, f'\'{key}\' keys must be channel numbers ("0", "1", ...)') from None
+    if [int(k) for k in order] != list(range(len(order))):
+        raise BtsInputError(path, f"'{key}' must number its channels 0..{len(order) - 1}, not {order}")
+    out = []
+    for k in order:
+        canon = layouts.canonical_modality(str(names[k]))
+        if canon is None:
+            raise BtsInputError(
+                path, f"channel {k} ({names[k]!r}) is not a brain MRI sequence this project reads (FLAIR, T1, T1ce, T2)"
+            )
+        if canon in out:
+            raise BtsInputError(path, f"channel {k} ({names[k]!r}) is {canon} again")
+        out.append(canon)
+    return out
+
+
+def _msd_scheme(path: Path, labels: Any) -> str | dict[str, Any]:
+    if labels is None:
+        return "msd"
+    if not isinstance(labels, dict):
+        raise BtsInputError(path, "'labels' must map label values to names")
+    try:
+        as_nnunet = {str(name): int(value) for value, name in labels.items()}
+    except ValueError:
+        raise BtsInputError(path, 'MSD \'labels\' keys must be label values ("0", "1", ...)') from None
+    scheme = scheme_from_nnunet(as_nnunet, name=f"{path.parent.name}", path=str(path))
+    return scheme.name if scheme is get_scheme("msd") else scheme.spec()
+
+
+def discover_msd(task: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """An MSD task folder (``Task01_BrainTumour``): ``imagesTr/*.nii.gz`` 4D volumes whose 4th axis
+    ``dataset.json``'s ``modality`` names, ``labelsTr/`` of the same names, ``imagesTs/`` unlabelled.
+
+    Raises:
+        BtsInputError: the dataset.json disagrees with the files (a listed case missing, a label
+            without its image, a count that differs), or names a sequence this project cannot read.
+    """
+    task = Path(task)
+    js = task / "dataset.json"
+    data = _read_dataset_json(js)
+    channels = _channels(js, data.get("modality"), "modality") if "modality" in data else list(MSD_CHANNELS)
+    scheme = _msd_scheme(js, data.get("labels"))
+    images = {layouts.strip_image_suffix(p.name): p for p in _nifti_files(task / "imagesTr")}
+    labels = {layouts.strip_image_suffix(p.name): p for p in _nifti_files(task / "labelsTr")}
+    for cid in sorted(set(labels) - set(images)):
+        raise BtsInputError(labels[cid], "label without an image of the same name in imagesTr/")
+    for item in data.get("training", []) or []:
+        name = Path(str(item.get("image", "")) if isinstance(item, dict) else str(item)).name
+        if layouts.strip_image_suffix(name) not in images:
+            raise BtsInputError(js, f"lists training image {name}, which is not in imagesTr/")
+    n = data.get("numTraining")
+    if n is not None and int(n) != len(images):
+        raise BtsInputError(js, f"numTraining is {n}, but imagesTr/ holds {len(images)} images")
+    dataset = "msd"
+    entries: list[dict[str, Any]] = []
+    for cid, path in sorted(images.items()):
+        if cid not in labels:
+            raise BtsInputError(path, "training image without a label of the same name in labelsTr/")
+        entries.append(
+            {
+                "case_id": cid,
+                "dataset": dataset,
+                "scheme": scheme,
+                "image": str(path),
+                "channels": list(channels),
+                "label": str(labels[cid]),
+            }
+        )
+    for path in _nifti_files(task / "imagesTs"):
+        entries.append(
+            {
+                "case_id": layouts.strip_image_suffix(path.name),
+                "dataset": dataset,
+                "scheme": scheme,
+                "image": str(path),
+                "channels": list(channels),
+            }
+        )
+    return entries
+
+
+def discover_nnunet(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """An nnU-Net v2 raw dataset (``DatasetXXX_Name``): ``imagesTr/<case>_<channel:04d><ending>``
+    named by ``dataset.json``'s ``channel_names``, ``labelsTr/<case><ending>`` in the values of its
+    ``labels`` (plain or region-based), ``imagesTs/`` unlabelled.
+
+    Raises:
+        BtsInputError: the dataset.json disagrees with the files (a channel it does not name, a
+            missing channel, a label without images, a count that differs).
+    """
+    folder = Path(folder)
+    js = folder / "dataset.json"
+    data = _read_dataset_json(js)
+    key = "channel_names" if "channel_names" in data else "modality"
+    channels = _channels(js, data.get(key), key)
+    if "labels" not in data:
+        raise BtsInputError(js, "has no 'labels'")
+    raw_labels = data["labels"]
+    if key == "modality":  # nnU-Net v1: {"0": "background", ...}
+        raw_labels = {str(name): int(value) for value, name in raw_labels.items()}
+    scheme_obj = scheme_from_nnunet(raw_labels, name=folder.name, path=str(js))
+    scheme: str | dict[str, Any] = (
+        scheme_obj.name
+        if scheme_obj.name in ("msd", "brats2023", "brats2024") and (get_scheme(scheme_obj.name) is scheme_obj)
+        else scheme_obj.spec()
+    )
+    ending = str(data.get("file_ending", ".nii.gz"))
+    train = _nnunet_cases(folder / "imagesTr", channels, ending, js, key)
+    test = _nnunet_cases(folder / "imagesTs", channels, ending, js, key) if (folder / "imagesTs").is_dir() else {}
+    labels = {}
+    for p in sorted((folder / "labelsTr").iterdir()) if (folder / "labelsTr").is_dir() else []:
+        if p.is_file() and not p.name.startswith(".") and p.name.endswith(ending):
+            labels[p.name[: -len(ending)]] = p
+    for cid in sorted(set(labels) - set(train)):
+        raise BtsInputError(labels[cid], "label without images in imagesTr/")
+    for cid in sorted(set(train) - set(labels)):
+        raise BtsInputError(folder / "labelsTr", f"no label {cid}{ending} for training case {cid}")
+    n = data.get("numTraining")
+    if n is not None and int(n) != len(train):
+        raise BtsInputError(js, f"numTraining is {n}, but imagesTr/ holds {len(train)} cases")
+    entries: list[dict[str, Any]] = []
+    for cid, files in sorted(train.items()):
+        entries.append({"case_id": cid, "dataset": folder.name, "scheme": scheme, **files, "label": str(labels[cid])})
+    for cid, files in sorted(test.items()):
+        entries.append({"case_id": cid, "dataset": folder.name, "scheme": scheme, **files})
+    return entries
+
+
+def _nnunet_cases(images: Path, channels: list[str], ending: str, js: Path, key: str) -> dict[str, dict[str, str]]:
+    cases: dict[str, dict[int, Path]] = defaultdict(dict)
+    for p in sorted(images.iterdir()) if images.is_dir() else []:
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        parsed = layouts.parse_nnunet_image(p.name) if p.name.endswith(ending) else None
+        if parsed is None:
+            raise BtsInputError(
+                p, f"not named <case>_<channel:04d>{ending} as {js.name}'s '{key}' and 'file_ending' say"
+            )
+        if parsed.channel >= len(channels):
+            raise BtsInputError(
+                p,
+                f"channel {parsed.channel:04d}, but {js} names {len(channels)} channels (0000-{len(channels) - 1:04d})",
+            )
+        cases[parsed.case][parsed.channel] = p
+    out = {}
+    for cid, files in cases.items():
+        missing = [c for c in range(len(channels)) if c not in files]
+        if missing:
+            want = layouts.nnunet_image_name(cid, missing[0], ending)
+            raise BtsInputError(images, f"case {cid} has no {want} ({channels[missing[0]]}, named in {js})")
+        out[cid] = {channels[c]: str(p) for c, p in files.items()}
+    return out
+
+
+# ---- all of them --------------------------------------------------------------------------------
 def discover(root: str | os.PathLike[str], dataset: str = "auto") -> list[dict[str, Any]]:
     """Turn an extracted dataset folder into datalist entries.
 
     Args:
-        root: the folder (any level above the case folders).
-        dataset: ``"auto"`` (detect BraTS and LGG layouts), ``"brats"``/``"brats20XX"`` or ``"lgg"``.
-            A BraTS year given explicitly overrides the name guessed from the case ids.
+        root: the folder (any level above the case folders, or an MSD/nnU-Net dataset folder).
+        dataset: one of :data:`DATASET_CHOICES`: ``"auto"`` (every layout of
+            :data:`~bts_monai.data.layouts.LAYOUTS`), ``"brats"`` (both BraTS naming schemes),
+            ``"brats2017"``..``"brats2021"`` (2017-2021 names, that release), ``"brats2023"`` or
+            ``"brats2024"`` (2023-2025 names with that release's labels; 2024 adds resection
+            cavity 4), ``"msd"``, ``"nnunet"`` or ``"lgg"``.
 
     Raises:
-        BtsInputError: missing or empty folder, unknown layout, incomplete cases.
+        BtsInputError: missing or empty folder, unknown layout, a folder matching two layouts,
+            incomplete cases, a dataset.json that disagrees with its files.
     """
     root = Path(root)
     if not root.exists():
@@ -186,34 +439,84 @@ def discover(root: str | os.PathLike[str], dataset: str = "auto") -> list[dict[s
     if not root.is_dir():
         raise BtsInputError(root, "not a folder (give the folder that holds the case folders)")
     dataset = dataset.lower()
+    if dataset not in DATASET_CHOICES:
+        raise BtsInputError(None, f"unknown dataset {dataset!r}: use one of {', '.join(DATASET_CHOICES)}")
     entries: list[dict[str, Any]] = []
+    skip: list[Path] = []
+    if dataset in ("auto", "msd", "nnunet"):
+        for folder in _dataset_roots(root):
+            kind = _dataset_json_layout(folder / "dataset.json", _read_dataset_json(folder / "dataset.json"))
+            if dataset in ("auto", kind):
+                entries += discover_msd(folder) if kind == "msd" else discover_nnunet(folder)
+            skip.append(folder)
+        if dataset == "auto" and skip:
+            _refuse_brats_inside(root, skip)
     if dataset == "auto" or dataset.startswith("brats"):
-        brats = discover_brats(root)
-        if dataset.startswith("brats") and dataset != "brats":
+        year = (
+            None
+            if dataset in ("auto", "brats")
+            else ("brats2023" if dataset in ("brats2023", "brats2024") else "brats")
+        )
+        brats = discover_brats(root, layout=year, skip=skip)
+        if year is not None:
             get_scheme(dataset)  # validates the name
             for e in brats:
                 e["dataset"] = dataset
+                e["scheme"] = get_scheme(dataset).name
         entries += brats
     if dataset in ("auto", "lgg"):
-        entries += discover_lgg(root)
-    if dataset not in ("auto", "lgg") and not dataset.startswith("brats"):
-        raise BtsInputError(None, f"unknown dataset {dataset!r}: use auto, lgg, brats or brats2017..brats2021")
+        entries += discover_lgg(root, skip=skip)
     if not entries:
         files = list(_walk_files(root))
         if not files:
             raise BtsInputError(root, "folder is empty: no dataset files found")
         kinds = sorted({"".join(p.suffixes) or p.name for p in files})[:8]
-        raise BtsInputError(
-            root,
-            f"unknown layout: {len(files)} files ({', '.join(kinds)}) but no BraTS case "
-            "(<case>/<case>_{flair,t1,t1ce,t2}.nii[.gz]) and no LGG patient (<patient>_<n>.tif + _<n>_mask.tif)",
+        wanted = "; ".join(
+            f"{lay.title}: {lay.pattern}"
+            for lay in LAYOUTS.values()
+            if dataset in ("auto", lay.name) or (lay.name == "brats" and dataset.startswith("brats"))
         )
+        raise BtsInputError(root, f"unknown layout: {len(files)} files ({', '.join(kinds)}) but none of {wanted}")
+    _refuse_duplicate_ids(entries)
     return entries
 
 
+def _refuse_brats_inside(root: Path, datasets: list[Path]) -> None:
+    """BraTS case files inside an MSD/nnU-Net dataset folder: two layouts claim the same files."""
+    for folder in datasets:
+        for path in _walk_files(folder):
+            if layouts.parse_modality_file(path.name):
+                raise BtsInputError(
+                    path,
+                    f"matches two layouts: a BraTS case file inside the {folder.name} dataset "
+                    "(dataset.json); move it out or pass --dataset",
+                )
+
+
+def _refuse_duplicate_ids(entries: list[dict[str, Any]]) -> None:
+    seen: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        other = seen.get(e["case_id"])
+        if other is not None and other["dataset"] != e["dataset"]:
+            raise BtsInputError(
+                _entry_path(e),
+                f"case {e['case_id']} is also found as a {other['dataset']} case ({_entry_path(other)}): "
+                "the same folder matches two layouts",
+            )
+        seen[e["case_id"]] = e
+
+
+def _entry_path(entry: dict[str, Any]) -> str:
+    for key in ("label", "image", *BRATS_MODALITIES):
+        if isinstance(entry.get(key), str):
+            return entry[key]
+    return entry["slices"][0]["image"] if entry.get("slices") else entry["case_id"]
+
+
 def check_case(entry: dict[str, Any], full: bool = False) -> None:
-    """Check one entry's files: BraTS modalities agree in shape and affine; with ``full``, every
-    file decodes and labels lie in the dataset's scheme.
+    """Check one entry's files: its images and label share one grid
+    (:func:`~bts_monai.data.layouts.check_same_grid`), a 4D image has the channels its
+    ``dataset.json`` names; with ``full``, every file decodes and labels lie in the entry's scheme.
 
     Header reads are cheap (no voxel decoding), so discovery commands run them for every case.
 
@@ -222,39 +525,50 @@ def check_case(entry: dict[str, Any], full: bool = False) -> None:
     """
     import nibabel as nib
 
-    if entry["dataset"] == "lgg":
+    if "slices" in entry:
         if full:
             _check_lgg(entry)
         return
-    ref_path, ref_shape, ref_affine = None, None, None
-    keys = [m for m in BRATS_MODALITIES if m in entry] + (["label"] if "label" in entry else [])
+    ref: tuple[str, tuple[int, ...], Any] | None = None
+    keys = [m for m in BRATS_MODALITIES if m in entry] + [k for k in ("image", "label") if k in entry]
     for key in keys:
         path = entry[key]
         try:
             img = nib.load(path)
-            shape, affine = img.shape[:3], img.affine
-            if full:
-                data = np.asanyarray(img.dataobj)
+            shape, affine = tuple(int(s) for s in img.shape), img.affine
+            data = np.asanyarray(img.dataobj) if full else None
         except Exception as exc:  # nibabel raises many types for corrupt files
             raise BtsInputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
-        if len(img.shape) != 3:
-            raise BtsInputError(path, f"expected a 3D volume, got shape {img.shape}")
-        if ref_shape is None:
-            ref_path, ref_shape, ref_affine = path, shape, affine
-        elif shape != ref_shape:
-            raise BtsInputError(path, f"shape {shape} differs from {Path(ref_path).name}'s {ref_shape}")
-        elif not np.allclose(affine, ref_affine, atol=1e-3):
-            raise BtsInputError(path, f"affine differs from {Path(ref_path).name}'s (modalities not co-registered)")
-        if full and key == "label":
-            get_scheme(entry["dataset"]).check_values(np.unique(data), path)
-        elif full and not np.isfinite(data).all():
+        if key == "image":
+            channels = entry.get("channels") or MSD_CHANNELS
+            if len(shape) != 4 or shape[3] != len(channels):
+                raise BtsInputError(
+                    path,
+                    f"expected a 4D volume of {len(channels)} channels ({', '.join(channels)}) on the 4th axis "
+                    f"as dataset.json names them, got shape {shape}",
+                )
+            shape = shape[:3]
+        elif len(shape) != 3:
+            raise BtsInputError(path, f"expected a 3D volume, got shape {shape}")
+        if ref is None:
+            ref = (path, shape, affine)
+        else:
+            layouts.check_same_grid(path, shape, affine, *ref)
+        if data is None:
+            continue
+        if key == "label":
+            values = np.unique(data)
+            if not np.array_equal(values, np.round(values)):
+                raise BtsInputError(path, "holds non-integer values; expected a label map")
+            entry_scheme(entry).check_values(values, path)
+        elif not np.isfinite(data).all():
             raise BtsInputError(path, "contains NaN or Inf voxels")
 
 
 def _check_lgg(entry: dict[str, Any]) -> None:
     import tifffile
 
-    scheme = get_scheme("lgg")
+    scheme = entry_scheme(entry)
     for s in entry["slices"]:
         for key in ("image", "label"):
             try:
@@ -393,3 +707,170 @@ def read_datalist(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in _LISTS:
         data[key] = [_map_paths(e, lambda p: str(base / p)) for e in data.get(key, [])]
     return data
+
+
+# ---- nnU-Net export ---------------------------------------------------------------------------
+def export_nnunet(
+    datalist: dict[str, Any],
+    out: str | os.PathLike[str],
+    dataset_id: int,
+    name: str = "BraTS",
+    copy: bool = False,
+) -> Path:
+    """Write a datalist as an nnU-Net v2 raw dataset, so nnU-Net trains on exactly our split.
+
+    ``out/DatasetNNN_<name>/`` gets ``imagesTr/<case>_000K.nii.gz`` (channels flair, t1, t1ce, t2,
+    symbolic links to the sources or, with ``copy``, copies; MSD's 4D volumes are split),
+    ``labelsTr/`` (nnU-Net needs consecutive values, so BraTS 2017-2021 labels are rewritten in
+    BraTS 2023's, :func:`~bts_monai.labels.nnunet_export_scheme`), ``imagesTs/`` (unlabelled
+    cases), ``dataset.json`` (region-based labels, as our networks train) and
+    ``splits_final.json`` (our hold-out or k-fold split). The folder is built under a temporary
+    name and renamed at the end: an error leaves nothing behind.
+
+    Args:
+        datalist: from :func:`make_datalist` or :func:`read_datalist`.
+        out: the ``nnUNet_raw`` folder, or the ``DatasetNNN_Name`` folder itself.
+        dataset_id: nnU-Net's dataset number (1-999).
+
+    Returns:
+        The dataset folder.
+
+    Raises:
+        BtsInputError: the target exists, an id is not 1-999, LGG slices (2D TIFF), mixed schemes
+            that do not share regions, or two cases with one id.
+    """
+    import re
+
+    from bts_monai.labels import convert_labels, nnunet_export_scheme, nnunet_labels
+
+    if not 1 <= int(dataset_id) <= 999:
+        raise BtsInputError(None, f"--dataset-id must be 1-999 (nnU-Net's DatasetXXX), not {dataset_id}")
+    out = Path(out)
+    if re.fullmatch(r"Dataset\d{3}_\w+", out.name):
+        target = out
+    else:
+        clean = re.sub(r"[^A-Za-z0-9]+", "", name) or "BraTS"
+        target = out / f"Dataset{int(dataset_id):03d}_{clean}"
+    if target.exists():
+        raise BtsInputError(target, "already exists; nothing is overwritten (remove it or choose another --dataset-id)")
+    labelled = list(datalist.get("training", [])) + list(datalist.get("validation", []))
+    test = list(datalist.get("test", []))
+    every = labelled + test
+    if not labelled:
+        raise BtsInputError(None, "the datalist has no labelled case to export")
+    if any("slices" in e for e in every):
+        raise BtsInputError(
+            _entry_path(next(e for e in every if "slices" in e)),
+            "LGG slices (2D TIFF) are not exported to nnU-Net; export NIfTI volumes",
+        )
+    ids = [e["case_id"] for e in every]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise BtsInputError(None, f"case ids {dup} appear twice; nnU-Net needs one id per case")
+    schemes = {json.dumps(get_scheme(entry_scheme(e)).spec(), sort_keys=True): entry_scheme(e) for e in labelled}
+    first = next(iter(schemes.values()))
+    target_scheme = nnunet_export_scheme(first)
+    for s in schemes.values():
+        if set(s.regions) - set(target_scheme.regions):
+            raise BtsInputError(
+                None, f"cases of schemes {first.name} and {s.name} do not share regions; export them apart"
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / sub).mkdir(parents=True)
+        for e in labelled:
+            _export_images(e, tmp / "imagesTr", copy)
+            _export_label(e, tmp / "labelsTr" / f"{e['case_id']}.nii.gz", target_scheme, copy, convert_labels)
+        for e in test:
+            _export_images(e, tmp / "imagesTs", copy)
+        labels, order = nnunet_labels(target_scheme)
+        info: dict[str, Any] = {
+            "channel_names": {str(i): m for i, m in enumerate(BRATS_MODALITIES)},
+            "labels": labels,
+            "numTraining": len(labelled),
+            "file_ending": ".nii.gz",
+            "name": target.name,
+            "description": f"exported by bts-datalist from {datalist.get('root', '')}; "
+            f"labels in the {target_scheme.name} scheme",
+        }
+        if order is not None:
+            info["regions_class_order"] = order
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
+        (tmp / "splits_final.json").write_text(json.dumps(_nnunet_splits(datalist), indent=2))
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _export_images(entry: dict[str, Any], folder: Path, copy: bool) -> None:
+    import nibabel as nib
+
+    cid = entry["case_id"]
+    if "image" in entry:  # MSD 4D: one file per channel
+        img = nib.load(entry["image"])
+        data = np.asanyarray(img.dataobj)
+        channels = list(entry.get("channels") or MSD_CHANNELS)
+        for c, m in enumerate(BRATS_MODALITIES):
+            if m not in channels:
+                raise BtsInputError(entry["image"], f"has no {m} channel; nnU-Net export needs {BRATS_MODALITIES}")
+            hdr = img.header.copy()
+            hdr.set_data_shape(data.shape[:3])
+            vol = nib.Nifti1Image(data[..., channels.index(m)], img.affine, hdr)
+            nib.save(vol, folder / layouts.nnunet_image_name(cid, c))
+        return
+    for c, m in enumerate(BRATS_MODALITIES):
+        if m not in entry:
+            raise BtsInputError(_entry_path(entry), f"case {cid} has no {m}; nnU-Net export needs all four")
+        _place(Path(entry[m]), folder / layouts.nnunet_image_name(cid, c), copy)
+
+
+def _place(src: Path, dst: Path, copy: bool) -> None:
+    import nibabel as nib
+
+    if layouts.nifti_ending(src.name) != ".nii.gz":  # nnU-Net wants one file ending: recompress
+        nib.save(nib.load(src), dst)
+    elif copy:
+        shutil.copy2(src, dst)
+    else:
+        os.symlink(src.resolve(), dst)
+
+
+def _export_label(entry: dict[str, Any], dst: Path, target: LabelScheme, copy: bool, convert) -> None:
+    import nibabel as nib
+
+    src = Path(entry["label"])
+    scheme = entry_scheme(entry)
+    if scheme is target:
+        _place(src, dst, copy)
+        return
+    img = nib.load(src)
+    labels = convert(np.asanyarray(img.dataobj), scheme, target, str(src))
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_slope_inter(1.0, 0.0)
+    nib.save(nib.Nifti1Image(labels, img.affine, hdr), dst)
+
+
+def _nnunet_splits(datalist: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """Our split as nnU-Net's ``splits_final.json``: one ``{"train", "val"}`` per fold."""
+    split = datalist.get("split", {})
+    if split.get("mode") == "kfold":
+        k = int(split["folds"])
+        return [
+            {
+                "train": sorted(e["case_id"] for e in datalist["training"] if e["fold"] != f),
+                "val": sorted(e["case_id"] for e in datalist["training"] if e["fold"] == f),
+            }
+            for f in range(k)
+        ]
+    return [
+        {
+            "train": sorted(e["case_id"] for e in datalist["training"]),
+            "val": sorted(e["case_id"] for e in datalist.get("validation", [])),
+        }
+    ]
