@@ -64,7 +64,7 @@ from monai.transforms.utils import map_binary_to_indices
 from monai.utils import fall_back_tuple
 from tqdm.auto import tqdm
 
-from bts_monai.data.discovery import BRATS_MODALITIES
+from bts_monai.data.discovery import BRATS_MODALITIES, entry_item
 from bts_monai.data.transforms import INTENSITY_MODES, deterministic_transforms, random_transforms
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import get_scheme
@@ -215,7 +215,8 @@ def _source_fingerprint(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[s
 
 
 def _input_keys(entry: Mapping[str, Any], settings: CacheSettings) -> list[str]:
-    return list(settings.modalities) + (["label"] if "label" in entry else [])
+    images = ["image"] if "image" in entry else list(settings.modalities)  # MSD: one 4D file
+    return images + (["label"] if "label" in entry else [])
 
 
 def _applied(tensor: Any, name: str) -> dict[str, Any] | None:
@@ -236,22 +237,18 @@ def preprocess_case(entry: Mapping[str, Any], settings: CacheSettings) -> tuple[
         BtsInputError: a missing modality, an unreadable file or labels outside the scheme.
     """
     case_id = str(entry["case_id"])
-    missing = [m for m in settings.modalities if m not in entry]
-    if missing:
-        raise BtsInputError(entry.get("label"), f"case {case_id} has no {', '.join(missing)}")
     with_label = "label" in entry
+    item = entry_item(dict(entry), settings.modalities, with_label)  # raises for a missing modality
     keys = _input_keys(entry, settings)
     fingerprint = _source_fingerprint(entry, keys)
     transform = deterministic_transforms(
         settings.scheme, "nifti", settings.intensity, settings.label_mode, settings.spacing, with_label=with_label
     )
-    item: dict[str, Any] = {"image": [entry[m] for m in settings.modalities], "case_id": case_id}
-    if with_label:
-        item["label"] = entry["label"]
     try:
         d = transform(item)
     except Exception as exc:  # MONAI wraps every failure in RuntimeError: find what went wrong
-        raise _as_input_error(exc, Path(entry[settings.modalities[0]]).parent, case_id) from exc
+        first = item["image"] if isinstance(item["image"], str) else item["image"][0]
+        raise _as_input_error(exc, Path(first).parent, case_id) from exc
     image = d["image"]
     crop = _applied(image, "CropForeground")
     oriented_shape = list(crop["orig_size"]) if crop else list(image.shape[1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -16,6 +17,8 @@ from bts_monai.data.discovery import (
     BRATS_MODALITIES,
     LGG_CHANNELS,
     check_case,
+    entry_item,
+    entry_scheme,
     make_datalist,
     read_datalist,
     select_split,
@@ -39,8 +42,11 @@ class BratsDataModule(pl.LightningDataModule):
         data_root: the extracted dataset folder (any level above the case folders). With
             ``synthetic``, the embedded sample is generated there if it is not yet.
         datalist: a datalist JSON (``bts-datalist``) to use instead of discovering ``data_root``.
-        dataset: ``auto``, ``brats2017``..``brats2021`` or ``lgg``; a folder holding both BraTS
-            and LGG cases needs an explicit choice.
+        dataset: ``auto`` or a layout of :data:`~bts_monai.data.discovery.DATASET_CHOICES`
+            (``brats2017``..``brats2021``, ``brats2023``, ``brats2024``, ``msd``, ``nnunet``, ``lgg``);
+            a folder holding both BraTS and LGG cases needs an explicit choice. BraTS releases of
+            both label schemes (and MSD, nnU-Net BraTS sets) train together: each case's labels are
+            turned into the regions by its own scheme.
         synthetic: generate the small synthetic BraTS-like/LGG-like sample into ``data_root``
             (default ``./bts_sample``); for demos and tests.
         modalities: BraTS modalities and their channel order (all four, or subsets such as
@@ -140,6 +146,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.check = check
         self.val_cases = list(val_cases) if val_cases else None
         self.spatial_augment = spatial_augment
+        self._scheme: LabelScheme | None = None
         self.train_entries: list[dict[str, Any]] = []
         self.val_entries: list[dict[str, Any]] = []
         self.test_entries: list[dict[str, Any]] = []
@@ -154,8 +161,14 @@ class BratsDataModule(pl.LightningDataModule):
 
     @property
     def scheme(self) -> LabelScheme:
-        """The label scheme of the dataset (``brats2021`` for BraTS 2017-2021 and ``auto``)."""
-        return get_scheme("lgg" if self.is_lgg else (self.dataset if self.dataset.startswith("brats") else "brats"))
+        """The training target's label scheme: the dataset's (``brats2021`` for BraTS 2017-2021),
+        the one scheme every case shares (BraTS 2023, MSD, an nnU-Net dataset.json), or
+        ``brats2021`` for a mix. Each case's labels are read in its own scheme by region name."""
+        if self._scheme is not None:
+            return self._scheme
+        if self.is_lgg:
+            return get_scheme("lgg")
+        return get_scheme(self.dataset if self.dataset.startswith("brats") or self.dataset == "msd" else "brats")
 
     @property
     def region_names(self) -> list[str]:
@@ -274,6 +287,10 @@ class BratsDataModule(pl.LightningDataModule):
         if self.dataset == "auto":
             if has_lgg and len(datasets) > 1:
                 raise BtsInputError(self.data_root, f"holds several datasets {sorted(datasets)}: set dataset")
+            labelled = dl["training"] + dl.get("validation", [])
+            schemes = {json.dumps(entry_scheme(e).spec(), sort_keys=True): entry_scheme(e) for e in labelled}
+            if len(schemes) == 1:
+                self._scheme = next(iter(schemes.values()))
             # One release found (e.g. brats2018): name it; mixed BraTS releases share one scheme.
             self.dataset = datasets.pop() if len(datasets) == 1 else "brats"
         if self.is_lgg and self.spatial_dims != 2:
@@ -338,10 +355,7 @@ class BratsDataModule(pl.LightningDataModule):
             }
         if self.check:
             check_case(entry)
-        missing = [m for m in self.modalities if m not in entry]
-        if missing:
-            raise BtsInputError(entry.get("label"), f"case {entry['case_id']} has no {', '.join(missing)}")
-        return {"image": [entry[m] for m in self.modalities], "label": entry["label"], "case_id": entry["case_id"]}
+        return entry_item(entry, self.modalities)
 
     def _train_items(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # LGG trains on single slices; the split stays by patient because it was made on entries.
@@ -398,7 +412,7 @@ class BratsDataModule(pl.LightningDataModule):
             if "slices" in e:
                 items.append({"image": [s["image"] for s in e["slices"]], "case_id": e["case_id"]})
             else:
-                items.append({"image": [e[m] for m in self.modalities], "case_id": e["case_id"]})
+                items.append(entry_item(e, self.modalities, with_label=False))
         transform = deterministic_transforms(
             self.scheme, kind, self.intensity, self.label_mode, self.spacing, with_label=False
         )

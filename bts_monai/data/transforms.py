@@ -50,11 +50,13 @@ from monai.transforms import (
 )
 
 from bts_monai.errors import BtsInputError
-from bts_monai.labels import LabelScheme, get_scheme
+from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 
 __all__ = [
     "LabelsToTarget",
     "LabelsToTargetd",
+    "SelectChannels",
+    "SelectChannelsd",
     "LoadTiffSlices",
     "LoadTiffSlicesd",
     "intensity_transform",
@@ -93,13 +95,18 @@ class LabelsToTarget(Transform):
         self.scheme = get_scheme(scheme)
         self.mode = mode
 
-    def __call__(self, label: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def __call__(self, label: torch.Tensor | np.ndarray, source_scheme: Any = None) -> torch.Tensor:
+        """Convert; ``source_scheme`` is the label file's own scheme when it is not the target's
+        (a 2018 case in a 2023-scheme run): its values are read by region name."""
         arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
         arr = np.rint(arr[0]).astype(np.int64)
         source = _source_name(label)
+        own = self.scheme if source_scheme is None else get_scheme(source_scheme)
         if self.mode == "regions":
-            out = self.scheme.to_regions(arr, source).astype(np.float32)
+            out = own.region_masks(arr, self.scheme.region_names, source).astype(np.float32)
         else:
+            if own is not self.scheme:
+                arr = convert_labels(arr, own, self.scheme, source)
             out = self.scheme.to_index_map(arr, source)[None].astype(np.float32)
         if isinstance(label, MetaTensor):
             return MetaTensor(torch.from_numpy(out), meta=label.meta, applied_operations=label.applied_operations)
@@ -107,18 +114,59 @@ class LabelsToTarget(Transform):
 
 
 class LabelsToTargetd(MapTransform):
-    """Dictionary wrapper of :class:`LabelsToTarget`."""
+    """Dictionary wrapper of :class:`LabelsToTarget`.
+
+    Args:
+        scheme_key: the item's key holding its label file's own scheme (name or spec; the
+            datalist entry's ``"scheme"``), so cases of several datasets train together; the key
+            is removed. Items without it are in ``scheme``.
+    """
 
     def __init__(
-        self, keys: KeysCollection, scheme: LabelScheme | str, mode: str = "regions", allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        scheme: LabelScheme | str,
+        mode: str = "regions",
+        allow_missing_keys: bool = False,
+        scheme_key: str = "label_scheme",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = LabelsToTarget(scheme, mode)
+        self.scheme_key = scheme_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        own = d.pop(self.scheme_key, None)
         for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
+            d[key] = self.converter(d[key], own)
+        return d
+
+
+class SelectChannels(Transform):
+    """Pick and order channels ``(C, *spatial)`` -> ``(len(index), *spatial)``: a 4D file's
+    modalities (MSD's FLAIR, T1w, T1gd, T2w) in the model's order."""
+
+    def __call__(self, img: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+        return img[list(index)]
+
+
+class SelectChannelsd(MapTransform):
+    """Dictionary wrapper of :class:`SelectChannels`; the indices come from the item's
+    ``index_key`` (removed), items without it are left as they are."""
+
+    def __init__(
+        self, keys: KeysCollection, index_key: str = "channel_index", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.index_key = index_key
+        self.selector = SelectChannels()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        index = d.pop(self.index_key, None)
+        if index is not None:
+            for key in self.key_iterator(d):
+                d[key] = self.selector(d[key], index)
         return d
 
 
@@ -201,6 +249,7 @@ def deterministic_transforms(
         steps: list[Any] = [
             LoadImaged(keys=keys, image_only=True),
             EnsureChannelFirstd(keys=keys),
+            SelectChannelsd(keys="image"),  # 4D inputs (MSD): the model's modalities, in its order
             Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         ]
         if spacing:
