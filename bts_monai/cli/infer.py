@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from bts_monai.cli._common import EXIT_BAD_INPUT, add_speed_arguments, exits_on_bad_input, setup_logging, speed_options
 from bts_monai.data.discovery import BRATS_MODALITIES
+from bts_monai.data.layouts import BRATS2023_NAMES
 from bts_monai.errors import BtsInputError
 from bts_monai.inference.predictor import (
     NO_DEFAULT_MODEL,
@@ -17,12 +18,17 @@ from bts_monai.inference.predictor import (
     default_model_path,
     one_line,
 )
+from bts_monai.labels import SCHEMES, get_scheme
 
 PROG = "bts-infer"
 
 EPILOG = """\
 inputs:
-  a BraTS case folder          <case>/<case>_{flair,t1,t1ce,t2}.nii.gz, found by suffix
+  a BraTS case folder          <case>/<case>_{flair,t1,t1ce,t2}.nii.gz, found by suffix, or BraTS
+                               2023-2025's <case>-{t2f,t1n,t1c,t2w}.nii.gz (t2f=flair, t1n=t1, t1c=t1ce,
+                               t2w=t2)
+  an nnU-Net channel set       <case>_0000.nii.gz .. _0003 (a file of it, its folder, or imagesTs/),
+                               channels named by the dataset.json beside it (else --channel-order)
   a 4D NIfTI                   modalities on the last axis, in the model's order (else --channel-order)
   explicit files               --flair F --t1 F --t1ce F --t2 F (those the model reads)
   LGG slices (2D LGG models)   a .tif slice, or a patient folder of <patient>_<n>.tif slices
@@ -30,8 +36,10 @@ inputs:
                                case is reported and skipped; exit status 2 if any failed
 
 outputs:
-  the segmentation has the input's shape, affine and qform/sform codes, uint8, with the dataset's
-  own label values (BraTS 2017-2021: 0, 1, 2, 4). Default name <case>_seg.nii.gz in the current
+  the segmentation has the input's shape, affine and qform/sform codes, uint8, with the input
+  dataset's own label values (BraTS 2017-2021: 0, 1, 2, 4; a BraTS 2023-named case: 0, 1, 2, 3;
+  an nnU-Net or MSD case: its dataset.json's), else the model's; --output-scheme chooses.
+  Default name <case>_seg.nii.gz in the current
   folder; -o names the file (one input) or the folder (several). LGG: <case>_seg.tif, one mask
   (a slice) or a multi-page stack with a page per slice (a patient); -o X.nii.gz gives an
   (H, W, slices) NIfTI stack instead.
@@ -67,11 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="PATH", help="output file (one input) or folder (several)")
     files = p.add_argument_group("explicit modality files (one case)")
     for m in BRATS_MODALITIES:
-        files.add_argument(f"--{m}", metavar="F", help=f"the {m} NIfTI")
+        alias = BRATS2023_NAMES[m]
+        files.add_argument(f"--{m}", f"--{alias}", dest=m, metavar="F", help=f"the {m} NIfTI ({alias} in BraTS 2023)")
     p.add_argument(
         "--channel-order",
         metavar="NAMES",
         help="comma-separated names of a 4D NIfTI's channels along its last axis (default: the model's order)",
+    )
+    p.add_argument(
+        "--output-scheme",
+        metavar="NAME",
+        default="input",
+        help="label values to write: input (default: the input dataset's scheme, else the model's), model, "
+        f"or a scheme: {', '.join(SCHEMES)}",
     )
     out = p.add_argument_group("extra outputs")
     out.add_argument("--probabilities", action="store_true", help="also write per-region probability maps")
@@ -143,6 +159,13 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, BtsInputError):
             raise
         raise BtsInputError(None, str(exc)) from exc
+    if args.output_scheme == "model":
+        predictor.output_scheme = predictor.scheme
+    elif args.output_scheme != "input":
+        try:
+            predictor.output_scheme = get_scheme(args.output_scheme)
+        except ValueError as exc:
+            raise BtsInputError(None, f"--output-scheme: {exc}") from None
     order = [c.strip() for c in args.channel_order.split(",")] if args.channel_order else None
     results = predictor.run(
         args.inputs,

@@ -3,7 +3,9 @@
 Input forms (:func:`expand_inputs` then :func:`resolve_input`, or :func:`explicit_case`):
 
 * a 4D NIfTI whose last axis holds the modalities (in the model's order unless told otherwise);
-* a BraTS case folder (``<case>_{flair,t1,t1ce,t2}.nii[.gz]``, found by their suffix);
+* a BraTS case folder (``<case>_{flair,t1,t1ce,t2}.nii[.gz]``, or BraTS 2023's
+  ``<case>-{t2f,t1n,t1c,t2w}.nii.gz``, found by their suffix, matched by meaning);
+* an nnU-Net channel set (``<case>_0000.nii.gz``..``_0003``, named by its ``dataset.json``);
 * explicit files, one per modality;
 * an LGG ``.tif`` slice or a patient folder of slices (for 2D LGG models);
 * a folder of any of the above, expanded into one case each.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from bts_monai.data import layouts
 from bts_monai.data.discovery import LGG_CHANNELS
 from bts_monai.errors import BtsInputError
 
@@ -52,29 +54,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-_TIFF = re.compile(r"\.tiff?$", re.IGNORECASE)
-_BRATS_FILE = re.compile(r"^(?P<case>.+)_(?P<kind>flair|t1ce|t1|t2)\.nii(\.gz)?$", re.IGNORECASE)
-_LGG_MASK = re.compile(r"_mask\.tiff?$", re.IGNORECASE)
-_LGG_SLICE = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)\.tiff?$", re.IGNORECASE)
-# Labels and our own outputs, skipped when a folder of cases is expanded.
-_NOT_A_CASE = re.compile(r"(_seg|_segm|_prob_[A-Za-z0-9-]+)\.nii(\.gz)?$", re.IGNORECASE)
-_OTHER_IMAGE = re.compile(r"\.(png|jpe?g|bmp|gif|dcm|mha|mhd|nrrd|mgz)$", re.IGNORECASE)
-
-
-def is_nifti_path(path: str | os.PathLike[str]) -> bool:
-    """Whether the name ends in ``.nii`` or ``.nii.gz``."""
-    return bool(_NIFTI.search(os.fspath(path)))
-
-
-def is_tiff_path(path: str | os.PathLike[str]) -> bool:
-    """Whether the name ends in ``.tif`` or ``.tiff``."""
-    return bool(_TIFF.search(os.fspath(path)))
-
-
-def strip_image_suffix(name: str) -> str:
-    """``case.nii.gz`` -> ``case``; ``slice_3.tif`` -> ``slice_3``."""
-    return _TIFF.sub("", _NIFTI.sub("", name))
+# File names are read by the one module of layouts and names; re-exported here for callers.
+is_nifti_path = layouts.is_nifti_path
+is_tiff_path = layouts.is_tiff_path
+strip_image_suffix = layouts.strip_image_suffix
 
 
 @dataclass(frozen=True)
@@ -115,6 +98,8 @@ class CaseInput:
         files: modality -> path (``"nifti"``), or ``{"image": path}`` (``"nifti4d"``).
         slices: TIFF slice paths in slice order (``"tiff"``).
         channel_order: names of a 4D file's channels along its last axis (default: the model's).
+        scheme: the label scheme of the dataset the case comes from (BraTS 2023 names: ``brats2023``;
+            an nnU-Net set: its ``dataset.json``'s), for writing its labels; ``None`` when unknown.
     """
 
     case_id: str
@@ -123,6 +108,7 @@ class CaseInput:
     files: dict[str, str] = field(default_factory=dict)
     slices: list[str] = field(default_factory=list)
     channel_order: tuple[str, ...] | None = None
+    scheme: Any = None
 
 
 @dataclass
@@ -139,6 +125,7 @@ class LoadedCase:
         reference: the NIfTI image whose header the outputs copy (``None`` for TIFF).
         slices: TIFF slice paths (``[]`` for NIfTI).
         channels: channel names of ``image``.
+        scheme: the input dataset's label scheme (:attr:`CaseInput.scheme`), ``None`` when unknown.
     """
 
     case_id: str
@@ -149,6 +136,7 @@ class LoadedCase:
     reference: Any = None
     slices: list[str] = field(default_factory=list)
     channels: tuple[str, ...] = ()
+    scheme: Any = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -168,36 +156,120 @@ class LoadedCase:
         return self.image[idx]
 
 
-# ---- input discovery ---------------------------------------------------------------------------
-def _brats_files(folder: Path) -> dict[str, list[Path]]:
+# ---- input discovery (which file is what: :mod:`bts_monai.data.layouts`) ------------------------
+def _brats_files(folder: Path) -> tuple[dict[str, list[Path]], str | None, str | None]:
+    """Modality -> files of a BraTS case folder (2017-2021 or 2023 names), its case id and layout.
+
+    Raises:
+        BtsInputError: the folder holds both years' names (two layouts).
+    """
     found: dict[str, list[Path]] = {}
+    seen: dict[str, tuple[str, str]] = {}  # layout -> (case, example name)
     for p in sorted(folder.iterdir()):
-        m = _BRATS_FILE.match(p.name)
-        if m and p.is_file() and not p.name.startswith("."):
-            found.setdefault(m.group("kind").lower(), []).append(p)
-    return found
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        m = layouts.parse_modality_file(p.name, strict=False)
+        if m and m.kind != "seg":
+            found.setdefault(m.kind, []).append(p)
+            seen.setdefault(m.layout, (m.case, p.name))
+    if len(seen) > 1:
+        raise BtsInputError(
+            folder,
+            f"matches two layouts: BraTS 2017-2021 names ({seen['brats'][1]}) and BraTS 2023 names "
+            f"({seen['brats2023'][1]}); keep one case's files per folder",
+        )
+    if not seen:
+        return found, None, None
+    layout, (case, _) = next(iter(seen.items()))
+    return found, case, layout
+
+
+def _nnunet_sets(folder: Path) -> dict[str, dict[int, Path]]:
+    """nnU-Net channel files (``<case>_0000.nii.gz``, ``_0001``...) by case: sets of two or more."""
+    groups: dict[str, dict[int, Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file() or not is_nifti_path(p):
+            continue
+        n = layouts.parse_nnunet_image(p.name)
+        if n is not None:
+            groups.setdefault(n.case, {})[n.channel] = p
+    return {case: files for case, files in groups.items() if len(files) >= 2 and 0 in files}
+
+
+def _dataset_json(folder: Path) -> Path | None:
+    """The MSD/nnU-Net ``dataset.json`` of images in ``folder`` (``imagesTs/``) or in its parent."""
+    for where in (folder, folder.parent):
+        if (where / "dataset.json").is_file():
+            return where / "dataset.json"
+    return None
+
+
+def _user_channels(channel_order: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``--channel-order`` names as canonical modalities (``t2f`` -> ``flair``; unknown names kept)."""
+    if not channel_order:
+        return None
+    return tuple(layouts.canonical_modality(c) or c for c in channel_order)
+
+
+def _nnunet_case(
+    case: str, files: dict[int, Path], model: ModelInputs, channel_order: Sequence[str] | None, src: str
+) -> CaseInput:
+    first = files[0]
+    missing = [c for c in range(max(files) + 1) if c not in files]
+    if missing:
+        want = layouts.nnunet_image_name(case, missing[0], layouts.nifti_ending(first.name))
+        raise BtsInputError(first.parent, f"nnU-Net case {case} has no {want}")
+    js = _dataset_json(first.parent)
+    scheme: Any = None
+    if js is not None and channel_order is None:
+        from bts_monai.data.discovery import dataset_json_info
+
+        info = dataset_json_info(js)
+        names, scheme = tuple(info["channels"]), info["scheme"]
+        if len(names) != len(files):
+            raise BtsInputError(js, f"names {len(names)} channels, but case {case} has {len(files)} channel files")
+    elif channel_order is not None:
+        names = _user_channels(channel_order) or ()
+        if len(names) != len(files):
+            raise BtsInputError(
+                first, f"--channel-order names {len(names)} channels, but case {case} has {len(files)} channel files"
+            )
+    else:
+        raise BtsInputError(
+            first,
+            "cannot tell which modality each nnU-Net channel file is: no dataset.json in this folder or its "
+            "parent; name them with --channel-order (e.g. t1,t1ce,t2,flair for _0000.._0003)",
+        )
+    by_modality = {m: str(files[c]) for c, m in enumerate(names)}
+    missing_mod = [m for m in model.modalities if m not in by_modality]
+    if missing_mod:
+        raise BtsInputError(
+            first, f"case {case}'s channels are {', '.join(names)}: no {', '.join(missing_mod)}, which the model needs"
+        )
+    return CaseInput(case, "nifti", src, files={m: by_modality[m] for m in model.modalities}, scheme=scheme)
 
 
 def _tiff_slices(folder: Path) -> list[Path]:
     return [
         p
         for p in sorted(folder.iterdir())
-        if p.is_file() and is_tiff_path(p) and not _LGG_MASK.search(p.name) and not p.name.startswith(".")
+        if p.is_file() and is_tiff_path(p) and not layouts.is_lgg_mask(p.name) and not p.name.startswith(".")
     ]
 
 
 def _is_case_folder(folder: Path) -> bool:
-    return bool(_brats_files(folder)) or bool(_tiff_slices(folder))
+    return bool(_brats_files(folder)[0]) or bool(_tiff_slices(folder)) or len(_nnunet_sets(folder)) == 1
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """The cases the user's paths stand for: files and case folders as given, and the cases
     found at any depth inside a folder of cases.
 
-    A folder of cases contributes each sub-folder holding BraTS modality files or TIFF slices and
-    each NIfTI file directly inside it; other files (``data.csv``, READMEs, labels and earlier
-    outputs: ``*_seg.nii.gz``, ``*_prob_<REGION>.nii.gz``) are ignored. Paths
-    that do not exist are kept, so the caller reports them as bad cases.
+    A folder of cases contributes each sub-folder holding BraTS modality files (2017-2021 or 2023
+    names) or TIFF slices, each nnU-Net channel set (``<case>_0000.nii.gz``..., as its first file)
+    and each other NIfTI file directly inside it; other files (``data.csv``, READMEs, labels and
+    earlier outputs: ``*_seg.nii.gz``, ``*_prob_<REGION>.nii.gz``) are ignored. Paths that do not
+    exist are kept, so the caller reports them as bad cases.
 
     Raises:
         BtsInputError: a folder holds no case at all.
@@ -212,8 +284,9 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if not found:
             raise BtsInputError(
                 path,
-                "no case found: expected BraTS case folders (<case>_{flair,t1,t1ce,t2}.nii.gz), "
-                "4D NIfTI files, or LGG patient folders of .tif slices",
+                "no case found: expected BraTS case folders (<case>_{flair,t1,t1ce,t2}.nii.gz or "
+                "<case>-{t2f,t1n,t1c,t2w}.nii.gz), 4D NIfTI files, nnU-Net channel files (<case>_0000.nii.gz...), "
+                "or LGG patient folders of .tif slices",
             )
         out += found
     return out
@@ -221,12 +294,18 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 def _cases_in(folder: Path) -> list[Path]:
     found: list[Path] = []
+    sets = _nnunet_sets(folder)
+    in_sets = {p for files in sets.values() for p in files.values()}
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
         if p.is_dir():
             found += [p] if _is_case_folder(p) else _cases_in(p)
-        elif is_nifti_path(p) and not _NOT_A_CASE.search(p.name):
+        elif p in in_sets:
+            n = layouts.parse_nnunet_image(p.name)
+            if n is not None and n.channel == 0:
+                found.append(p)
+        elif is_nifti_path(p) and not layouts.is_output_name(p.name):
             found.append(p)
     return found
 
@@ -234,12 +313,16 @@ def _cases_in(folder: Path) -> list[Path]:
 def resolve_input(
     path: str | os.PathLike[str], model: ModelInputs, channel_order: Sequence[str] | None = None
 ) -> CaseInput:
-    """Decide what one path is (4D NIfTI, case folder, TIFF slice, patient folder) for ``model``.
+    """Decide what one path is (4D NIfTI, case folder, nnU-Net channel set, TIFF slice, patient
+    folder) for ``model``; BraTS 2023 names (``t2f``, ``t1n``, ``t1c``, ``t2w``) and nnU-Net's
+    ``dataset.json`` channel names are matched to the model's modalities by meaning, and the
+    case's own label scheme is kept (:attr:`CaseInput.scheme`) so outputs can be written in it.
 
     Args:
         path: a file or a case folder (see :func:`expand_inputs` for folders of cases).
         model: what the model reads.
-        channel_order: names of a 4D NIfTI's channels along its last axis (default: the model's).
+        channel_order: names of a 4D NIfTI's (or an nnU-Net set's) channels (default: its
+            ``dataset.json``'s, else the model's).
 
     Raises:
         BtsInputError: the path is missing or of a kind the model cannot read.
@@ -254,27 +337,34 @@ def resolve_input(
             if not model.tiff:
                 raise BtsInputError(path, f"holds 2D TIFF slices, but the checkpoint is {model.describe()}")
             return CaseInput(path.name, "tiff", src, slices=[str(p) for p in _sort_slices(slices)])
-        brats = _brats_files(path)
+        brats, case_id, layout = _brats_files(path)
+        sets = _nnunet_sets(path) if not brats else {}
+        if not brats and len(sets) == 1:
+            if model.tiff:
+                raise BtsInputError(path, f"holds NIfTI volumes, but the checkpoint is {model.describe()}")
+            (case, files), = sets.items()
+            return _nnunet_case(case, files, model, channel_order, src)
         if not brats:
-            raise BtsInputError(path, "no BraTS modality files (<case>_flair.nii.gz, ...) or TIFF slices here")
+            raise BtsInputError(
+                path, "no BraTS modality files (<case>_flair.nii.gz, <case>-t2f.nii.gz...) or TIFF slices here"
+            )
         if model.tiff:
             raise BtsInputError(path, f"holds NIfTI volumes, but the checkpoint is {model.describe()}")
         for kind, files in brats.items():
             if len(files) > 1:
                 raise BtsInputError(path, f"two {kind} files: {', '.join(f.name for f in files)}")
+        assert case_id is not None and layout is not None
         missing = [m for m in model.modalities if m not in brats]
         if missing:
+            want = ", ".join(layouts.modality_file_name(case_id, m, layout) for m in missing)
             raise BtsInputError(
-                path,
-                f"no {' or '.join(missing)} file (expected <case>_{missing[0]}.nii.gz); "
-                f"the model needs {', '.join(model.modalities)}",
+                path, f"no {' or '.join(missing)} file (expected {want}); the model needs {', '.join(model.modalities)}"
             )
-        first = brats[model.modalities[0]][0]
-        case_id = _BRATS_FILE.match(first.name).group("case")  # type: ignore[union-attr]
-        return CaseInput(case_id, "nifti", src, files={m: str(brats[m][0]) for m in model.modalities})
+        scheme = layouts.brats_dataset(case_id, layout)[1]
+        return CaseInput(case_id, "nifti", src, files={m: str(brats[m][0]) for m in model.modalities}, scheme=scheme)
     # a file
-    if is_tiff_path(path) or _OTHER_IMAGE.search(path.name):
-        if _LGG_MASK.search(path.name):
+    if is_tiff_path(path) or layouts.is_other_image_path(path.name):
+        if layouts.is_lgg_mask(path.name):
             raise BtsInputError(path, "is a mask (…_mask.tif), not an image slice")
         if not model.tiff:
             raise BtsInputError(path, f"is a 2D image file, but the checkpoint is {model.describe()}")
@@ -285,18 +375,33 @@ def resolve_input(
         raise BtsInputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
     if model.tiff:
         raise BtsInputError(path, f"is a NIfTI volume, but the checkpoint is {model.describe()}")
-    m = _BRATS_FILE.match(path.name)
+    n = layouts.parse_nnunet_image(path.name)
+    if n is not None:
+        sets = _nnunet_sets(path.parent)
+        if n.case in sets and path in sets[n.case].values():
+            return _nnunet_case(n.case, sets[n.case], model, channel_order, src)
+    m = layouts.parse_modality_file(path.name, strict=False)
     if len(model.modalities) == 1 and _header_ndim(path) == 3:
-        case_id = m.group("case") if m else strip_image_suffix(path.name)
+        case_id = m.case if m else strip_image_suffix(path.name)
         return CaseInput(case_id, "nifti", src, {model.modalities[0]: src})
-    order = tuple(channel_order) if channel_order else None
-    return CaseInput(strip_image_suffix(path.name), "nifti4d", src, files={"image": src}, channel_order=order)
+    order = _user_channels(channel_order)
+    scheme = None
+    js = _dataset_json(path.parent) if order is None else None
+    if js is not None:  # a 4D volume of an MSD task (imagesTr/, imagesTs/)
+        from bts_monai.data.discovery import dataset_json_info
+
+        info = dataset_json_info(js)
+        if info["layout"] == "msd":
+            order, scheme = tuple(info["channels"]), info["scheme"]
+    return CaseInput(
+        strip_image_suffix(path.name), "nifti4d", src, files={"image": src}, channel_order=order, scheme=scheme
+    )
 
 
 def _sort_slices(slices: Iterable[Path]) -> list[Path]:
     def key(p: Path) -> tuple[int, str]:
-        m = _LGG_SLICE.match(p.name)
-        return (int(m.group("n")) if m else 0, p.name)
+        s = layouts.parse_lgg_slice(p.name)
+        return (s.number if s else 0, p.name)
 
     return sorted(slices, key=key)
 
@@ -326,9 +431,10 @@ def explicit_case(
     if unused:
         logger.warning("ignoring %s: the model reads only %s", ", ".join(unused), ", ".join(model.modalities))
     first = Path(given[model.modalities[0]])
-    m = _BRATS_FILE.match(first.name)
-    cid = case_id or (m.group("case") if m else strip_image_suffix(first.name))
-    return CaseInput(cid, "nifti", str(first), files={k: given[k] for k in model.modalities})
+    m = layouts.parse_modality_file(first.name, strict=False)
+    cid = case_id or (m.case if m else strip_image_suffix(first.name))
+    scheme = layouts.brats_dataset(m.case, m.layout)[1] if m else None
+    return CaseInput(cid, "nifti", str(first), files={k: given[k] for k in model.modalities}, scheme=scheme)
 
 
 # ---- reading and checking ----------------------------------------------------------------------
@@ -416,13 +522,7 @@ def _load_nifti(case: CaseInput, model: ModelInputs) -> LoadedCase:
         if images:
             ref = images[0]
             ref_shape = _spatial_shape(ref_path, ref, model, "")  # type: ignore[arg-type]
-            if shape != ref_shape:
-                raise BtsInputError(path, f"shape {shape} differs from {ref_path.name}'s {ref_shape}")  # type: ignore[union-attr]
-            if not np.allclose(img.affine, ref.affine, atol=1e-3):
-                raise BtsInputError(
-                    path,
-                    f"affine differs from {ref_path.name}'s (modalities not co-registered)",  # type: ignore[union-attr]
-                )
+            layouts.check_same_grid(path, shape, img.affine, ref_path, ref_shape, ref.affine)
         else:
             ref_path = path
         images.append(img)

@@ -47,7 +47,7 @@ from bts_monai.inference.io import (
 )
 from bts_monai.inference.overlay import png_bytes, three_plane_overlay
 from bts_monai.inference.report import check_report_path, format_report, volume_report, write_report
-from bts_monai.labels import LabelScheme, get_scheme
+from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 
 __all__ = [
     "PRECISIONS",
@@ -285,6 +285,9 @@ class Predictor:
             torch.set_num_threads(int(threads))
         self.config = dict(config)
         self.scheme = get_scheme(config["scheme"])
+        self.output_scheme: str | LabelScheme | None = None
+        """Write labels in this scheme; ``None`` (default): the input dataset's own (a BraTS 2023-named
+        case gets 2023 values, an nnU-Net set its dataset.json's), else the model's."""
         self.label_mode = str(config["label_mode"])
         if self.label_mode not in ("regions", "labels"):
             raise ValueError(f"label_mode must be 'regions' or 'labels', not {self.label_mode!r}")
@@ -450,9 +453,22 @@ class Predictor:
         if tuple(grid.shape[1:]) != case.spatial_shape:  # a broken round trip must never be written
             raise RuntimeError(f"round trip gave shape {grid.shape[1:]}, expected {case.spatial_shape}")
         labels, region_probs = self._labels_and_regions(grid)
+        out_scheme = self.output_scheme_for(case)
+        if out_scheme is not self.scheme:  # same regions, the input dataset's values (by region name)
+            labels = convert_labels(labels, self.scheme, out_scheme)
         return Prediction(
-            case, labels, region_probs.astype(np.float32, copy=False), self.scheme, time.perf_counter() - start
+            case, labels, region_probs.astype(np.float32, copy=False), out_scheme, time.perf_counter() - start
         )
+
+    def output_scheme_for(self, case: LoadedCase) -> LabelScheme:
+        """The scheme a case's labels are written in: :attr:`output_scheme` when set, else the
+        input dataset's own when it has the model's regions, else the model's."""
+        if self.output_scheme is not None:
+            return get_scheme(self.output_scheme)
+        if case.scheme is None or self.inputs.tiff:
+            return self.scheme
+        own = get_scheme(case.scheme)
+        return own if set(self.scheme.region_names) <= set(own.region_names) else self.scheme
 
     def load(
         self, source: str | os.PathLike[str] | CaseInput | dict[str, str], channel_order: Sequence[str] | None = None
@@ -467,7 +483,9 @@ class Predictor:
             source = explicit_case(source, self.inputs)
         elif not isinstance(source, CaseInput):
             source = resolve_input(source, self.inputs, channel_order)
-        return load_case(source, self.inputs)
+        case = load_case(source, self.inputs)
+        case.scheme = source.scheme
+        return case
 
     def predict(
         self,
@@ -588,6 +606,7 @@ class Predictor:
             seg_path, overlay_path = plan.paths(case_input)
             _check_seg_path(seg_path, case_input.kind)
             case = load_case(case_input, self.inputs)
+            case.scheme = case_input.scheme
             self.progress = progress
             pred = self.predict_case(case, keep_image=False)
             outputs = pred.save(seg_path, probabilities, report, overlay_path)
