@@ -37,7 +37,7 @@ import numpy as np
 from bts_monai.data import layouts
 from bts_monai.data.layouts import BRATS_MODALITIES, LAYOUTS, LGG_CHANNELS, MSD_CHANNELS
 from bts_monai.errors import BtsInputError
-from bts_monai.labels import LabelScheme, get_scheme, scheme_from_nnunet
+from bts_monai.labels import SCHEMES, LabelScheme, get_scheme, scheme_from_nnunet
 
 __all__ = [
     "BRATS_MODALITIES",
@@ -48,6 +48,8 @@ __all__ = [
     "discover_lgg",
     "discover_msd",
     "discover_nnunet",
+    "dataset_json_info",
+    "entry_item",
     "entry_scheme",
     "export_nnunet",
     "split_entries",
@@ -77,6 +79,33 @@ DATASET_CHOICES: tuple[str, ...] = (
 def entry_scheme(entry: dict[str, Any]) -> LabelScheme:
     """The label scheme of one datalist entry's ``"label"`` (older datalists: by its dataset)."""
     return get_scheme(entry.get("scheme") or entry["dataset"])
+
+
+def entry_item(entry: dict[str, Any], modalities: Sequence[str], with_label: bool = True) -> dict[str, Any]:
+    """A volume entry -> the input of :func:`~bts_monai.data.transforms.deterministic_transforms`:
+    ``image`` (the modality files in ``modalities``' order, or one 4D file with ``channel_index``),
+    ``label`` and ``label_scheme`` (the entry's own scheme, read by region name into the target's).
+
+    Raises:
+        BtsInputError: the entry lacks a modality of ``modalities``.
+    """
+    cid = entry["case_id"]
+    if "image" in entry:
+        channels = list(entry.get("channels") or MSD_CHANNELS)
+        missing = [m for m in modalities if m not in channels]
+        if missing:
+            raise BtsInputError(entry["image"], f"has no {', '.join(missing)} channel (it holds {', '.join(channels)})")
+        item: dict[str, Any] = {"image": entry["image"], "channel_index": [channels.index(m) for m in modalities]}
+    else:
+        missing = [m for m in modalities if m not in entry]
+        if missing:
+            raise BtsInputError(_entry_path(entry), f"case {cid} has no {', '.join(missing)}")
+        item = {"image": [entry[m] for m in modalities]}
+    item["case_id"] = cid
+    if with_label and "label" in entry:
+        item["label"] = entry["label"]
+        item["label_scheme"] = entry.get("scheme") or entry["dataset"]
+    return item
 
 
 def _walk_files(root: Path, skip: Iterable[Path] = ()) -> Iterable[Path]:
@@ -165,10 +194,7 @@ def discover_brats(
 
 
 def _file_names(year_layout: str, modalities: Sequence[str]) -> str:
-    if year_layout == "brats2023":
-        names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
-        return ", ".join(f"-{names[m]}.nii.gz" for m in modalities)
-    return ", ".join(f"_{m}.nii.gz" for m in modalities)
+    return ", ".join(layouts.modality_file_name("<case>", m, year_layout) for m in modalities)
 
 
 def _merge_dups(by_dir: dict[Path, Any]) -> dict[str, list[Path]]:
@@ -290,6 +316,32 @@ def _msd_scheme(path: Path, labels: Any) -> str | dict[str, Any]:
         raise BtsInputError(path, 'MSD \'labels\' keys must be label values ("0", "1", ...)') from None
     scheme = scheme_from_nnunet(as_nnunet, name=f"{path.parent.name}", path=str(path))
     return scheme.name if scheme is get_scheme("msd") else scheme.spec()
+
+
+def dataset_json_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an MSD or nnU-Net ``dataset.json`` says about its images: ``layout`` (``msd`` or
+    ``nnunet``), ``channels`` (canonical modality names in channel order) and ``scheme`` (a scheme
+    name or spec), for ``bts-infer`` inputs that sit in such a dataset.
+
+    Raises:
+        BtsInputError: unreadable, or names a channel this project cannot read.
+    """
+    js = Path(path)
+    data = _read_dataset_json(js)
+    has_modality, has_channels = "modality" in data, "channel_names" in data
+    if has_modality and has_channels:
+        _dataset_json_layout(js, data)  # raises: two layouts
+    key = "channel_names" if has_channels else "modality"
+    if key not in data:
+        raise BtsInputError(js, "names no channels ('channel_names' or 'modality')")
+    channels = _channels(js, data[key], key)
+    layout = "nnunet" if has_channels else "msd"
+    if layout == "msd":
+        scheme: str | dict[str, Any] = _msd_scheme(js, data.get("labels"))
+    else:
+        built = scheme_from_nnunet(data.get("labels") or {"background": 0}, name=js.parent.name, path=str(js))
+        scheme = built.name if get_scheme(built.spec()) is built and built.name in SCHEMES else built.spec()
+    return {"layout": layout, "channels": channels, "scheme": scheme}
 
 
 def discover_msd(task: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -683,9 +735,9 @@ def write_datalist(datalist: dict[str, Any], path: str | os.PathLike[str]) -> No
     out = dict(datalist)
     for key in _LISTS:
         out[key] = [_map_paths(e, lambda p: os.path.relpath(Path(p).resolve(), base)) for e in datalist.get(key, [])]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)
+    from bts_monai.fileio import write_text
+
+    write_text(path, json.dumps(out, indent=1))
 
 
 def read_datalist(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from bts_monai.errors import BtsInputError
 
 __all__ = [
     "BRATS_MODALITIES",
+    "BRATS2023_NAMES",
     "LGG_CHANNELS",
     "GRID_TOLERANCE_MM",
     "MSD_CHANNELS",
@@ -52,6 +53,7 @@ __all__ = [
     "is_output_name",
     "is_ground_truth_name",
     "is_stray_seg",
+    "modality_file_name",
     "nnunet_image_name",
     "parse_lgg_slice",
     "parse_modality_file",
@@ -191,6 +193,18 @@ def parse_modality_file(name: str, strict: bool = True) -> ModalityFile | None:
 def _kind(raw: str) -> str:
     raw = raw.lower()
     return "seg" if raw == "seg" else (canonical_modality(raw) or raw)
+
+
+BRATS2023_NAMES = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "seg": "seg"}
+"""Canonical modality -> its BraTS 2023-2025 file-name suffix."""
+
+
+def modality_file_name(case: str, kind: str, layout: str = "brats", ending: str = ".nii.gz") -> str:
+    """The dataset's own file name of one modality (or ``seg``) of a case:
+    ``<case>_t1ce.nii.gz`` (2017-2021) or ``<case>-t1c.nii.gz`` (``layout="brats2023"``)."""
+    if layout == "brats2023":
+        return f"{case}-{BRATS2023_NAMES[kind]}{ending}"
+    return f"{case}_{kind}{ending}"
 
 
 def is_stray_seg(name: str) -> bool:
