@@ -46,3 +46,30 @@ def test_index_map_round_trip_and_lgg():
 def test_unknown_scheme():
     with pytest.raises(ValueError, match="unknown label scheme"):
         get_scheme("brats1999")
+
+
+def test_convert_labels_by_region_name_and_float_labels():
+    from bts_monai.labels import convert_labels
+
+    legacy = np.array([0, 1, 2, 4], dtype=np.int16)
+    np.testing.assert_array_equal(convert_labels(legacy, "brats2018", "brats2023"), [0, 1, 2, 3])
+    np.testing.assert_array_equal(convert_labels(legacy, "brats2021", "msd"), [0, 2, 1, 3])
+    rc = np.array([0.0, 4.0, 3.0], dtype=np.float32)  # BraTS 2024 resection cavity, float32 seg
+    np.testing.assert_array_equal(convert_labels(rc, "brats2024", "brats2021"), [0, 0, 4])
+    masks = get_scheme("brats2023").region_masks(np.array([0.0, 3.0]), ["TC", "WT", "ET", "RC"])
+    assert masks.tolist() == [[False, True], [False, True], [False, True], [False, False]]
+
+
+def test_nnunet_labels_plain_and_region_based():
+    from bts_monai.labels import nnunet_labels, scheme_from_nnunet
+
+    plain = {"background": 0, "edema": 1, "non_enhancing_tumor": 2, "enhancing_tumour": 3}
+    assert scheme_from_nnunet(plain) is get_scheme("msd")
+    regions = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
+    assert scheme_from_nnunet(regions) is get_scheme("msd")
+    labels, order = nnunet_labels("brats2023")
+    assert scheme_from_nnunet(labels) is get_scheme("brats2023") and order == [2, 1, 3]
+    other = scheme_from_nnunet({"background": 0, "liver": 1})
+    assert other.regions == {"liver": (1,)}
+    with pytest.raises(BtsInputError, match="no background"):
+        scheme_from_nnunet({"edema": 1}, path="dataset.json")

@@ -153,19 +153,13 @@ def discover_brats(
     for path in _walk_files(root, skip):
         m = layouts.parse_modality_file(path.name)
         if m and (layout is None or m.layout == layout):
+            kinds[path.parent].setdefault(m.layout, path.name)
+            _refuse_two_brats_layouts(path.parent, kinds[path.parent])
             if m.kind in by_dir[path.parent]:
                 raise BtsInputError(path.parent, f"two {m.kind} files: {by_dir[path.parent][m.kind].name}, {path.name}")
             by_dir[path.parent][m.kind] = path
-            kinds[path.parent].setdefault(m.layout, path.name)
         elif layouts.is_stray_seg(path.name):
             stray[path.parent].append(path)
-    for folder, found in kinds.items():
-        if len(found) > 1:
-            raise BtsInputError(
-                folder,
-                f"matches two layouts: BraTS 2017-2021 names ({found['brats']}) and BraTS 2023 names "
-                f"({found['brats2023']}); keep one case's files per folder",
-            )
     # Folders are named after their case in every BraTS release; dedupe nested copies by that name.
     case_dirs = _keep_shallowest(_merge_dups(by_dir), "BraTS case")
     entries = []
@@ -191,6 +185,15 @@ def discover_brats(
             entry["label"] = str(files["seg"])
         entries.append(entry)
     return entries
+
+
+def _refuse_two_brats_layouts(folder: Path, found: dict[str, str]) -> None:
+    if len(found) > 1:
+        raise BtsInputError(
+            folder,
+            f"matches two layouts: BraTS 2017-2021 names ({found['brats']}) and BraTS 2023 names "
+            f"({found['brats2023']}); keep one case's files per folder",
+        )
 
 
 def _file_names(year_layout: str, modalities: Sequence[str]) -> str:
