@@ -19,6 +19,7 @@ from typing import IO
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
+from bts_monai.data import layouts
 from bts_monai.errors import BtsInputError
 
 __all__ = [
@@ -214,12 +215,7 @@ async def receive_multipart(
 
 
 # ---- what was uploaded ----------------------------------------------------------------------------
-_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-_TIFF = re.compile(r"\.tiff?$", re.IGNORECASE)
-# BraTS 2017-2021 suffixes, and BraTS 2023's names for the same four sequences.
-_MODALITY = re.compile(r"^(?P<case>.*?)[_-](?P<mod>flair|t1ce|t1|t2|t2f|t1c|t1n|t2w|seg)\.nii(\.gz)?$", re.IGNORECASE)
-_MODALITY_ALIASES = {"t2f": "flair", "t1n": "t1", "t1c": "t1ce", "t2w": "t2"}
-_LGG_SLICE = re.compile(r"^(?P<patient>.+?)_(?P<n>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
+# Which file is what: the one module of layouts and names (BraTS 2017-2021 and 2023 names, LGG slices).
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -273,15 +269,15 @@ def arrange_case(files: list[ReceivedFile], dest: str | os.PathLike[str]) -> Upl
     empty = [n for f, n in zip(files, names) if f.size == 0]
     if empty:
         raise BtsInputError(empty[0], "the file is empty")
-    unknown = [n for n in names if not (_NIFTI.search(n) or _TIFF.search(n))]
+    unknown = [n for n in names if not (layouts.is_nifti_path(n) or layouts.is_tiff_path(n))]
     if unknown:
         raise BtsInputError(
             unknown[0],
             "not a NIfTI (.nii, .nii.gz) or TIFF (.tif) file; upload a 4D NIfTI, the four "
             "modality files of a BraTS case, or the TIFF slices of an LGG patient",
         )
-    nifti = [(f, n) for f, n in zip(files, names) if _NIFTI.search(n)]
-    tiff = [(f, n) for f, n in zip(files, names) if _TIFF.search(n)]
+    nifti = [(f, n) for f, n in zip(files, names) if layouts.is_nifti_path(n)]
+    tiff = [(f, n) for f, n in zip(files, names) if layouts.is_tiff_path(n)]
     if nifti and tiff:
         raise BtsInputError(None, "the upload mixes NIfTI and TIFF files; upload one case at a time")
     if tiff:
@@ -290,7 +286,7 @@ def arrange_case(files: list[ReceivedFile], dest: str | os.PathLike[str]) -> Upl
         f, name = nifti[0]
         target = dest / f"image{_nifti_ext(f.path)}"
         os.replace(f.path, target)
-        stem = _NIFTI.sub("", name)
+        stem = layouts.strip_image_suffix(name)
         names = {str(target): name, str(dest): "the upload"}
         return UploadedCase("volume", display_name(stem), dest, {"image": target}, names)
     return _arrange_modalities(nifti, dest)
@@ -301,21 +297,21 @@ def _arrange_modalities(nifti: list[tuple[ReceivedFile, str]], dest: Path) -> Up
     ignored: list[str] = []
     cases: set[str] = set()
     for f, name in nifti:
-        m = _MODALITY.match(name)
+        m = layouts.parse_modality_file(name, strict=False)
         if m is None:
             raise BtsInputError(
                 name,
                 "cannot tell which modality this is: name the files <case>_flair, <case>_t1, "
                 "<case>_t1ce and <case>_t2 (.nii or .nii.gz), or upload one 4D NIfTI",
             )
-        mod = _MODALITY_ALIASES.get(m.group("mod").lower(), m.group("mod").lower())
+        mod = m.kind
         if mod == "seg":
             ignored.append(name)
             continue
         if mod in found:
             raise BtsInputError(name, f"two {mod} files: {found[mod][1]} and {name}; upload one case at a time")
         found[mod] = (f, name)
-        cases.add(m.group("case"))
+        cases.add(m.case)
     if len(cases) > 1:
         raise BtsInputError(None, f"files of several cases ({', '.join(sorted(cases))}); upload one case at a time")
     arranged: dict[str, Path] = {}
@@ -335,17 +331,17 @@ def _arrange_slices(tiff: list[tuple[ReceivedFile, str]], dest: Path) -> Uploade
     ignored: list[str] = []
     patients: set[str] = set()
     for f, name in tiff:
-        m = _LGG_SLICE.match(name)
-        if m is None:
+        s = layouts.parse_lgg_slice(name)
+        if s is None:
             raise BtsInputError(name, "LGG slices are named <patient>_<n>.tif (n = slice number)")
-        if m.group("mask"):
+        if s.mask:
             ignored.append(name)
             continue
-        n = int(m.group("n"))
+        n = s.number
         if n in slices:
             raise BtsInputError(name, f"slice {n} given twice ({slices[n][1]} and {name})")
         slices[n] = (f, name)
-        patients.add(m.group("patient"))
+        patients.add(s.patient)
     if not slices:
         raise BtsInputError(None, "only mask files were uploaded; upload the image slices (<patient>_<n>.tif)")
     if len(patients) > 1:
