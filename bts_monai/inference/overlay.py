@@ -1,11 +1,10 @@
 """Tumour regions in colour over an MRI slice: the one overlay renderer (CLI, web page, training).
 
-Volumes are RAS-ordered arrays ``(X, Y, Z)`` (use :func:`bts_monai.inference.geometry.ras_oriented`
-for a file's own axes). Slices are drawn the way 3D Slicer and ITK-SNAP show them by default:
-superior (axial: anterior) at the top, the patient's right on the image's left in axial and
-coronal views (radiological convention), anterior on the left in sagittal views. Regions are
-painted in the order given, so pass them outer to inner (WT, TC, ET) to keep the nested ones
-visible. Only numpy and Pillow are used: no display is needed.
+Volumes are arrays ``(X, Y, Z)`` in their file's own voxel grid with its affine; which way each
+plane is drawn (the patient's right on the image's left by default, superior or anterior at the
+top) and the edge letters are :mod:`bts_monai.inference.display`'s, the one owner of that
+convention. Regions are painted in the order given, so pass them outer to inner (WT, TC, ET) to
+keep the nested ones visible. Only numpy and Pillow are used: no display is needed.
 """
 
 from __future__ import annotations
@@ -13,24 +12,26 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bts_monai.inference.display import DEFAULT_CONVENTION, PLANES, PlaneView, plane_views, voxel_sizes
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
+
 __all__ = [
-    "AXES",
     "DEFAULT_COLORS",
+    "LETTER_COLOR",
     "region_colors",
     "intensity_window",
-    "slice_2d",
     "render_slice",
     "tumour_centre",
     "three_plane_overlay",
     "png_bytes",
     "save_overlay_png",
 ]
-
-AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
-"""View name -> the RAS axis its slices cut."""
 
 DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
     "WT": (46, 204, 113),
@@ -67,17 +68,10 @@ def intensity_window(volume: np.ndarray, percentiles: Sequence[float] = (0.5, 99
     return lo, (hi if hi > lo else lo + 1.0)
 
 
-def slice_2d(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The ``index``-th slice across RAS ``axis`` of ``(..., X, Y, Z)``, as displayed (rows top-down)."""
-    sl = np.take(volume, int(index), axis=volume.ndim - 3 + int(axis))
-    # (..., u, v): u runs to the right or anterior, v upward; rows go down, columns go left.
-    return np.flip(np.swapaxes(sl, -1, -2), axis=(-2, -1))
-
-
 def render_slice(
     volume: np.ndarray,
     regions: np.ndarray | None,
-    axis: int,
+    view: PlaneView,
     index: int,
     colors: Sequence[Sequence[int]] | None = None,
     alpha: float = 0.45,
@@ -86,11 +80,11 @@ def render_slice(
     """One slice of ``volume`` in grey with ``regions`` blended in colour.
 
     Args:
-        volume: ``(X, Y, Z)`` RAS-ordered intensities.
+        volume: ``(X, Y, Z)`` intensities.
         regions: ``(R, X, Y, Z)`` boolean masks (or ``None``), painted in this order (a pixel takes
             the colour of the last region that covers it).
-        axis: 0 sagittal, 1 coronal, 2 axial (see :data:`AXES`).
-        index: slice number along ``axis``.
+        view: how the plane is drawn (:func:`bts_monai.inference.display.plane_views`).
+        index: slice number along ``view.axis``.
         colors: one RGB colour per region (default :func:`region_colors` of generic names).
         alpha: opacity of the region colours.
         window: intensity range mapped to black..white (default: :func:`intensity_window` of the slice).
@@ -98,12 +92,12 @@ def render_slice(
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
     """
-    grey = slice_2d(np.asarray(volume, dtype=np.float32), axis, index)
+    grey = view.cut(np.asarray(volume, dtype=np.float32), index)
     lo, hi = window if window is not None else intensity_window(grey)
     grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255.0
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     if regions is not None and len(regions):
-        masks = slice_2d(np.asarray(regions, dtype=bool), axis, index)
+        masks = view.cut(np.asarray(regions, dtype=bool), index)
         cols = list(colors) if colors is not None else region_colors([f"r{i}" for i in range(len(masks))])
         # Each pixel takes the colour of the last region covering it, blended once, so nested
         # regions keep their own colour rather than a mix of all of them.
@@ -142,25 +136,32 @@ def three_plane_overlay(
     volume: np.ndarray,
     regions: np.ndarray,
     names: Sequence[str],
-    zooms: Sequence[float] = (1.0, 1.0, 1.0),
+    affine: np.ndarray | None = None,
     centre: Sequence[int] | None = None,
     colors: Mapping[str, Sequence[int]] | None = None,
     alpha: float = 0.45,
     title: str | None = None,
     min_size: int = 192,
+    *,
+    convention: str = DEFAULT_CONVENTION,
+    orientation_known: bool = True,
 ) -> np.ndarray:
-    """Axial, coronal and sagittal slices through the tumour's centre, side by side, with a legend.
+    """Axial, coronal and sagittal slices through the tumour's centre, side by side, with a legend
+    and each panel's edge letters (R/L, A/P, S/I).
 
     Args:
-        volume: ``(X, Y, Z)`` RAS-ordered intensities.
-        regions: ``(R, X, Y, Z)`` boolean masks, outer to inner.
+        volume: ``(X, Y, Z)`` intensities in the file's voxel grid.
+        regions: ``(R, X, Y, Z)`` boolean masks in the same grid, outer to inner.
         names: region names (legend, colours).
-        zooms: voxel size along X, Y, Z in mm (panels are drawn with square mm).
-        centre: slice indices ``(x, y, z)``; default :func:`tumour_centre`.
+        affine: the grid's voxel -> world matrix (default: identity, an RAS array of 1 mm voxels);
+            it decides how each plane is drawn and the panels' mm proportions.
+        centre: slice indices ``(i, j, k)`` of the array; default :func:`tumour_centre`.
         colors: region name -> RGB (default :data:`DEFAULT_COLORS`).
         alpha: opacity of the region colours.
         title: text above the panels (e.g. the case id).
         min_size: small volumes are enlarged until their largest panel side has this many pixels.
+        convention: ``radiological`` or ``neurological`` (:mod:`bts_monai.inference.display`).
+        orientation_known: ``False`` for TIFF stacks: drawn as stored, no edge letters.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB image.
@@ -168,17 +169,20 @@ def three_plane_overlay(
     from PIL import Image, ImageDraw
 
     volume = np.asarray(volume)
+    affine = np.eye(4) if affine is None else np.asarray(affine)
+    views = plane_views(affine, convention, orientation_known)
+    sizes = voxel_sizes(affine)
     c = tuple(centre) if centre is not None else tumour_centre(regions, volume)
     cols = region_colors(list(names), colors)
     win = intensity_window(volume)
-    zx, zy, zz = (float(z) for z in zooms)
     # At least one pixel per voxel, and small volumes enlarged so a panel is ~min_size pixels.
-    extent_mm = max(s * z for s, z in zip(volume.shape, (zx, zy, zz)))
-    scale = max(1.0 / min(zx, zy, zz), min_size / max(extent_mm, 1e-6))
+    extent_mm = max(s * z for s, z in zip(volume.shape, sizes))
+    scale = max(1.0 / min(sizes), min_size / max(extent_mm, 1e-6))
     panels = []
-    for view, axis, spacing in (("axial", 2, (zx, zy)), ("coronal", 1, (zx, zz)), ("sagittal", 0, (zy, zz))):
-        img = render_slice(volume, regions, axis, c[axis], cols, alpha, win)
-        panels.append((view, _to_display(img, spacing, scale)))
+    for plane in PLANES:
+        view = views[plane]
+        img = render_slice(volume, regions, view, c[view.axis], cols, alpha, win)
+        panels.append((view, _to_display(img, (sizes[view.cols_axis], sizes[view.rows_axis]), scale)))
     pad, top, legend_h = 6, 18 if title else 0, 20
     height = max(p.shape[0] for _, p in panels) + 2 * pad + top + legend_h + 14
     width = sum(p.shape[1] for _, p in panels) + pad * (len(panels) + 1)
@@ -188,8 +192,10 @@ def three_plane_overlay(
         draw.text((pad, 3), title, fill=(255, 255, 255))
     x = pad
     for view, p in panels:
-        canvas.paste(Image.fromarray(p), (x, top + pad + 14))
-        draw.text((x, top + pad), f"{view} {c[AXES[view]]}", fill=(200, 200, 200))
+        y = top + pad + 14
+        canvas.paste(Image.fromarray(p), (x, y))
+        draw.text((x, top + pad), f"{view.plane} {c[view.axis]}", fill=(200, 200, 200))
+        _edge_letters(draw, view.labels, (x, y, x + p.shape[1], y + p.shape[0]))
         x += p.shape[1] + pad
     y = height - legend_h + 4
     x = pad
@@ -198,6 +204,29 @@ def three_plane_overlay(
         draw.text((x + 14, y - 1), str(name), fill=(255, 255, 255))
         x += 24 + 7 * len(str(name))
     return np.asarray(canvas)
+
+
+LETTER_COLOR = (255, 235, 59)
+"""Colour of the edge letters on overlay panels (yellow, as the web page's)."""
+
+
+def _edge_letters(draw: ImageDraw.ImageDraw, labels: Mapping[str, str], box: tuple[int, int, int, int]) -> None:
+    """Each edge's letter inside the panel ``box`` (left, top, right, bottom), on a dark backing."""
+    x0, y0, x1, y1 = box
+    margin = 2
+    for side, letter in labels.items():
+        left, top, right, bottom = draw.textbbox((0, 0), letter)
+        w, h = right - left, bottom - top
+        if side == "left":
+            at = (x0 + margin, (y0 + y1 - h) // 2)
+        elif side == "right":
+            at = (x1 - margin - w, (y0 + y1 - h) // 2)
+        elif side == "top":
+            at = ((x0 + x1 - w) // 2, y0 + margin)
+        else:
+            at = ((x0 + x1 - w) // 2, y1 - margin - h)
+        draw.rectangle([at[0] - 1, at[1] - 1, at[0] + w + 1, at[1] + h + 1], fill=(0, 0, 0))
+        draw.text((at[0] - left, at[1] - top), letter, fill=LETTER_COLOR)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -31,6 +31,7 @@ from torch import nn
 
 from bts_monai.errors import BtsInputError
 from bts_monai.inference import geometry
+from bts_monai.inference.display import DEFAULT_CONVENTION, check_convention
 from bts_monai.inference.io import (
     CaseInput,
     LoadedCase,
@@ -97,6 +98,7 @@ class Prediction:
         probabilities: float32 ``(R, *spatial)``, the probability of each region.
         scheme: the label scheme.
         seconds: wall time of the prediction (preprocessing to labels).
+        convention: how :meth:`overlay` draws left and right (:mod:`~bts_monai.inference.display`).
     """
 
     case: LoadedCase
@@ -104,6 +106,7 @@ class Prediction:
     probabilities: np.ndarray
     scheme: LabelScheme
     seconds: float = 0.0
+    convention: str = DEFAULT_CONVENTION
 
     @property
     def region_names(self) -> list[str]:
@@ -120,14 +123,19 @@ class Prediction:
         return volume_report(self.labels, self.scheme, self.case.voxel_size, self.case.case_id, self.case.source)
 
     def overlay(self, alpha: float = 0.45) -> np.ndarray:
-        """Axial, coronal and sagittal views through the tumour's centre, as an RGB array."""
-        vol, zooms = geometry.ras_oriented(self.case.display_channel(), self.case.affine)
-        regions, _ = geometry.ras_oriented(self.regions, self.case.affine)
-        names = self.region_names
+        """Axial, coronal and sagittal views through the tumour's centre, with edge letters, as an RGB array."""
+        regions, names = self.regions, self.region_names
         # Outer regions first, so nested ones stay visible (WT, TC, ET).
         order = sorted(range(len(names)), key=lambda i: -int(regions[i].sum()))
         return three_plane_overlay(
-            vol, regions[order], [names[i] for i in order], zooms, alpha=alpha, title=self.case.case_id
+            self.case.display_channel(),
+            regions[order],
+            [names[i] for i in order],
+            self.case.affine,
+            alpha=alpha,
+            title=self.case.case_id,
+            convention=self.convention,
+            orientation_known=self.case.kind != "tiff",
         )
 
     def save(
@@ -252,6 +260,10 @@ class Predictor:
         progress: show a progress bar over the windows of each case.
         channels_last: run 3D networks in channels-last memory layout (off by default: 15% slower
             than the default layout on this project's CPU, see benchmarks/README.md).
+        convention: how overlays draw left and right: ``radiological`` (default) or
+            ``neurological`` (see :mod:`bts_monai.inference.display`).
+        progress_callback: ``progress_callback(done, total)`` after each batch of sliding windows
+            of a case (windows done, windows in the case), from the thread running the inference.
 
     Example:
         >>> p = Predictor.from_checkpoint("run.ckpt")                      # doctest: +SKIP
@@ -271,6 +283,8 @@ class Predictor:
         sw_batch_size: int | None = None,
         progress: bool = False,
         channels_last: bool = False,
+        convention: str = DEFAULT_CONVENTION,
+        progress_callback: Callable[[int, int], None] | None = None,
     ) -> None:
         missing = [k for k in CONFIG_KEYS if k not in config]
         if missing:
@@ -284,6 +298,8 @@ class Predictor:
                 raise ValueError(f"threads must be at least 1, not {threads}")
             torch.set_num_threads(int(threads))
         self.config = dict(config)
+        self.convention = check_convention(convention)
+        self.progress_callback = progress_callback
         self.scheme = get_scheme(config["scheme"])
         self.output_scheme: str | LabelScheme | None = None
         """Write labels in this scheme; ``None`` (default): the input dataset's own (a BraTS 2023-named
@@ -407,12 +423,36 @@ class Predictor:
 
         return forward
 
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Blended network output ``(K, *spatial)`` for a model-space image ``(C, *spatial)``."""
+    def logits(
+        self, image: torch.Tensor, progress_callback: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Blended network output ``(K, *spatial)`` for a model-space image ``(C, *spatial)``.
+
+        ``progress_callback`` (default :attr:`progress_callback`) is called as windows are done.
+        """
         x = image.to(self.device, dtype=torch.float32)[None]
+        network = self._network()
+        callback = progress_callback or self.progress_callback
+        if callback is not None:
+            network = _counting_windows(network, callback, self.window_count(tuple(x.shape[2:])))
         with torch.inference_mode():
-            out = self.inferer(x, self._network())
+            out = self.inferer(x, network)
         return out[0]  # type: ignore[index]
+
+    def window_count(self, spatial_shape: Sequence[int]) -> int:
+        """How many sliding windows cover a model-space image of ``spatial_shape`` (one image)."""
+        from monai.data.utils import dense_patch_slices
+
+        # MONAI's own grid: the windows sliding_window_inference visits for this roi and overlap.
+        # Its scan interval is private to MONAI; calling it keeps the count equal to MONAI's.
+        from monai.inferers.utils import _get_scan_interval
+
+        inf = self.inferer
+        dims = len(spatial_shape)
+        roi = [int(r) for r in inf.roi_size]  # type: ignore[union-attr]
+        overlaps = inf.overlap if isinstance(inf.overlap, Sequence) else [inf.overlap] * dims
+        size = [max(int(s), r) for s, r in zip(spatial_shape, roi)]  # smaller images are padded to the roi
+        return len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, dims, overlaps)))
 
     def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid per region (``regions`` mode) or softmax over label values (``labels`` mode)."""
@@ -432,13 +472,20 @@ class Predictor:
         return labels, region_probs
 
     # ---- cases -------------------------------------------------------------------------------
-    def predict_case(self, case: LoadedCase, keep_image: bool = True) -> Prediction:
+    def predict_case(
+        self,
+        case: LoadedCase,
+        keep_image: bool = True,
+        progress_callback: Callable[[int, int], None] | None = None,
+    ) -> Prediction:
         """Segment a loaded (checked) case; the result is in the case's own voxel grid.
 
         Args:
             case: the case (see :meth:`load`).
             keep_image: keep every channel of ``case.image``; ``False`` keeps only the overlay's
                 channel once the network's input is made, which lowers peak memory.
+            progress_callback: ``(windows done, windows in total)`` for this case (default
+                :attr:`progress_callback`).
         """
         start = time.perf_counter()
         transforms = self._transforms[case.kind]
@@ -447,7 +494,7 @@ class Predictor:
             shown = case.channels.index("flair") if "flair" in case.channels else 0
             case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
         logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(x.shape[1:]), case.spatial_shape)
-        probs = self.class_probabilities(self.logits(x.as_tensor()))
+        probs = self.class_probabilities(self.logits(x.as_tensor(), progress_callback))
         grid = geometry.to_input_grid(probs.cpu(), x, transforms).numpy()
         del probs, x
         if tuple(grid.shape[1:]) != case.spatial_shape:  # a broken round trip must never be written
@@ -457,7 +504,12 @@ class Predictor:
         if out_scheme is not self.scheme:  # same regions, the input dataset's values (by region name)
             labels = convert_labels(labels, self.scheme, out_scheme)
         return Prediction(
-            case, labels, region_probs.astype(np.float32, copy=False), out_scheme, time.perf_counter() - start
+            case,
+            labels,
+            region_probs.astype(np.float32, copy=False),
+            out_scheme,
+            time.perf_counter() - start,
+            convention=self.convention,
         )
 
     def output_scheme_for(self, case: LoadedCase) -> LabelScheme:
@@ -687,6 +739,22 @@ def _unique(name: str, used: set[str]) -> str:
         out, i = f"{name}_{i}", i + 1
     used.add(out)
     return out
+
+
+def _counting_windows(
+    network: Callable[[torch.Tensor], torch.Tensor], callback: Callable[[int, int], None], total: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``network`` that reports ``callback(windows done, total)`` after each batch of windows."""
+    done = 0
+
+    def counted(window: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        out = network(window)
+        done += int(window.shape[0])
+        callback(min(done, total), total)
+        return out
+
+    return counted
 
 
 def _flip_sets(dims: int) -> list[tuple[int, ...]]:

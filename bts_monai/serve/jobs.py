@@ -93,10 +93,18 @@ class JobQueue:
         self._stopping = threading.Event()
 
     # ---- jobs ---------------------------------------------------------------------------------
+    def new_id(self) -> str:
+        """A fresh job id (128 random bits in hex)."""
+        return secrets.token_hex(16)
+
+    def folder_of(self, job_id: str) -> Path:
+        """The folder of job ``job_id`` (not created)."""
+        return self.workdir / job_id
+
     def new_folder(self) -> tuple[str, Path]:
         """A fresh job id and its (new, empty) folder."""
-        job_id = secrets.token_hex(16)
-        folder = self.workdir / job_id
+        job_id = self.new_id()
+        folder = self.folder_of(job_id)
         folder.mkdir(parents=True)
         return job_id, folder
 
@@ -113,6 +121,11 @@ class JobQueue:
             self._jobs[job.id] = job
         self._ensure_worker()
         self._queue.put(job)
+
+    def free(self) -> int:
+        """How many more jobs may wait now (``max_queued`` less those waiting)."""
+        with self._lock:
+            return self.max_queued - sum(1 for j in self._jobs.values() if j.state == "queued")
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or ``None`` (unknown, expired or deleted)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,67 +123,15 @@ def check_case(predictor: Predictor, case: UploadedCase) -> None:
     predictor.load(case_input(predictor, case))
 
 
-class _WindowCounter:
-    """Stands in for a predictor's sliding-window inferer during one job, reporting each window.
-
-    The Predictor has no progress callback; its inferer is called once per case with a network
-    callable, which runs once per batch of windows, so counting those calls is the true progress.
-    The number of windows follows MONAI's grid (``dense_patch_slices``) for the same roi and overlap.
-    """
-
-    def __init__(self, inner: Any, report: Callable[[int, int], None]) -> None:
-        self.inner = inner
-        self.report = report
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __call__(self, inputs: Any, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            per_image = _window_count(tuple(inputs.shape[2:]), self.inner.roi_size, self.inner.overlap)
-            total = per_image * int(inputs.shape[0])
-        except (AttributeError, TypeError, ValueError):  # an inferer of another kind: count without a total
-            total = 0
-        done = 0
-
-        def counted(x: Any, *a: Any, **k: Any) -> Any:
-            nonlocal done
-            out = network(x, *a, **k)
-            done += int(x.shape[0])
-            self.report(min(done, total) if total else done, total)
-            return out
-
-        return self.inner(inputs, counted, *args, **kwargs)
-
-
-def _window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float | Sequence[float]) -> int:
-    from monai.data.utils import dense_patch_slices
-
-    dims = len(image_size)
-    overlaps = [float(overlap)] * dims if isinstance(overlap, (int, float)) else [float(o) for o in overlap]
-    size = [max(int(i), int(r)) for i, r in zip(image_size, roi_size)]
-    interval = [r if s == r else max(int(r * (1 - o)), 1) for s, r, o in zip(size, roi_size, overlaps)]
-    return max(1, len(dense_patch_slices(size, [int(r) for r in roi_size], interval)))
-
-
 def _predict(predictor: Predictor, job: Job, progress: Progress) -> Prediction:
     progress(0.01, "reading the scan")
     case = predictor.load(case_input(predictor, job.payload["case"]))
     progress(_READ, "preparing the scan")
 
     def windows(done: int, total: int) -> None:
-        if total:
-            progress(_READ + _WINDOWS * done / total, f"segmenting: window {done} of {total}")
-        else:
-            progress(_READ, f"segmenting: window {done}")
+        progress(_READ + _WINDOWS * done / max(total, 1), f"segmenting: window {done} of {total}")
 
-    inferer = predictor.inferer
-    predictor.progress = False
-    predictor.inferer = _WindowCounter(inferer, windows)  # type: ignore[assignment]
-    try:
-        return predictor.predict_case(case)
-    finally:
-        predictor.inferer = inferer
+    return predictor.predict_case(case, progress_callback=windows)
 
 
 def overlay_layers(prediction: Prediction) -> dict[str, list[dict[str, Any]]]:
@@ -329,6 +277,7 @@ def run_case(predictor: Predictor, job: Job, progress: Progress) -> dict[str, An
         np.asarray(case.affine),
         prediction.labels if layers["labels"] else None,
         orientation_known=case.kind != "tiff",
+        convention=prediction.convention,
     )
     logger.info("job %s: %s segmented in %.1f s", job.id, job.name, prediction.seconds)
     return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -21,12 +21,14 @@ from python_multipart.multipart import parse_options_header
 
 from bts_monai.data import layouts
 from bts_monai.errors import BtsInputError
+from bts_monai.serve.limits import ServerBusy
 
 __all__ = [
     "UploadTooLarge",
     "ReceivedFile",
     "Upload",
     "UploadedCase",
+    "content_length",
     "receive_multipart",
     "arrange_case",
     "display_name",
@@ -153,23 +155,43 @@ class _PartWriter:
             self._out = None
 
 
+def content_length(header: str | None) -> int | None:
+    """The ``Content-Length`` header's value (``None`` when absent, as in chunked uploads).
+
+    Raises:
+        BtsInputError: not a non-negative whole number.
+    """
+    if header is None:
+        return None
+    try:
+        value = int(header)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BtsInputError(None, "invalid Content-Length header")
+    return value
+
+
 async def receive_multipart(
     content_type: str,
-    content_length: str | None,
+    content_length_header: str | None,
     chunks: AsyncIterator[bytes],
     dest: str | os.PathLike[str],
     max_bytes: int,
     max_files: int = 2000,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Upload:
     """Stream a ``multipart/form-data`` body into ``dest``, never holding a whole file in memory.
 
     Args:
         content_type: the request's ``Content-Type`` header (carries the boundary).
-        content_length: the ``Content-Length`` header, if any (checked before reading).
+        content_length_header: the ``Content-Length`` header, if any (checked before reading).
         chunks: the body as it arrives.
         dest: an existing, empty folder owned by the server.
         max_bytes: largest body accepted.
         max_files: most file parts accepted.
+        on_bytes: called with the bytes received so far after each chunk; what it raises
+            stops the upload and is raised as it is (the server's quota, :mod:`~bts_monai.serve.limits`).
 
     Returns:
         The files (server-side paths, browser names) and plain fields.
@@ -177,6 +199,7 @@ async def receive_multipart(
     Raises:
         UploadTooLarge: the body is (or announces to be) larger than ``max_bytes``.
         BtsInputError: not a multipart form, malformed, or too many files.
+        ServerBusy: raised by ``on_bytes``.
     """
     import asyncio
 
@@ -184,13 +207,9 @@ async def receive_multipart(
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise BtsInputError(None, "expected a multipart/form-data upload of files")
-    if content_length is not None:
-        try:
-            announced = int(content_length)
-        except ValueError:
-            raise BtsInputError(None, "invalid Content-Length header") from None
-        if announced > max_bytes:
-            raise UploadTooLarge(max_bytes)
+    announced = content_length(content_length_header)
+    if announced is not None and announced > max_bytes:
+        raise UploadTooLarge(max_bytes)
     writer = _PartWriter(Path(dest), max_files)
     parser = MultipartParser(boundary, writer.callbacks())
     received = 0
@@ -199,11 +218,13 @@ async def receive_multipart(
             received += len(chunk)
             if received > max_bytes:
                 raise UploadTooLarge(max_bytes)
+            if on_bytes is not None:
+                on_bytes(received)
             if chunk:
                 # Writing to disk blocks; keep the event loop free for progress polls meanwhile.
                 await asyncio.to_thread(parser.write, chunk)
         parser.finalize()
-    except (UploadTooLarge, BtsInputError):
+    except (UploadTooLarge, BtsInputError, ServerBusy):
         raise
     except Exception as exc:  # python-multipart raises several types for a malformed body
         raise BtsInputError(None, f"malformed upload ({type(exc).__name__}: {exc})") from exc

@@ -1,11 +1,13 @@
 """The viewer's data: a finished case laid out for slicing, and one plane of it rendered as PNG.
 
-When a job finishes, :func:`prepare_view` stores the scan (RAS-ordered, windowed to 8 bits per
-modality), the region masks and the label map as ``.npy`` files, and a ``view.json`` with the
-plane geometry the page needs to map clicks to voxels. :func:`render_plane` cuts one plane from
-them (memory-mapped) and draws it with :func:`bts_monai.inference.overlay.render_slice`, the same
-renderer ``bts-infer --overlay`` uses, so planes show the way it draws them (superior or anterior
-at the top, the patient's right on the image's right).
+When a job finishes, :func:`prepare_view` stores the scan (in the file's own voxel grid, windowed
+to 8 bits per modality), the region masks and the label map as ``.npy`` files, and a
+``view.json`` with each plane's geometry from :func:`bts_monai.inference.display.plane_views`:
+which array axes are the image's rows and columns, their flips and the edge letters. The page
+draws its crosshair and maps clicks to voxels with those flips only, so the letters, the slices
+and the click mapping all follow the one convention of :mod:`bts_monai.inference.display`.
+:func:`render_plane` cuts one plane (memory-mapped) and draws it with
+:func:`bts_monai.inference.overlay.render_slice`, the renderer ``bts-infer --overlay`` uses.
 """
 
 from __future__ import annotations
@@ -19,57 +21,40 @@ from typing import Any
 import numpy as np
 
 from bts_monai.inference import overlay
+from bts_monai.inference.display import DEFAULT_CONVENTION, PLANES, PlaneView, plane_views, voxel_sizes
 
 __all__ = ["PLANES", "plane_geometry", "prepare_view", "render_plane"]
 
-PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
-"""The three planes the page shows."""
-
-# Edge letters of each plane as overlay.slice_2d draws RAS slices (neurological convention).
-_EDGES: dict[str, dict[str, str]] = {
-    "axial": {"left": "L", "right": "R", "top": "A", "bottom": "P"},
-    "coronal": {"left": "L", "right": "R", "top": "S", "bottom": "I"},
-    "sagittal": {"left": "P", "right": "A", "top": "S", "bottom": "I"},
-}
-
 
 def plane_geometry(
-    shape: Sequence[int], spacing: Sequence[float], orientation_known: bool = True
+    shape: Sequence[int],
+    affine: np.ndarray,
+    convention: str = DEFAULT_CONVENTION,
+    orientation_known: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """How each plane of an RAS ``(X, Y, Z)`` array is shown, for the page to map clicks to voxels.
-
-    Follows :func:`bts_monai.inference.overlay.slice_2d`: the image's columns run along the lower
-    of the two remaining axes (left to right), its rows along the higher one (top = last voxel).
+    """How each plane of an array of ``shape`` with this ``affine`` is shown, for the page.
 
     Args:
-        shape: the RAS array's spatial shape.
-        spacing: voxel size (mm) along each axis.
+        shape: the array's spatial shape.
+        affine: its voxel -> world matrix.
+        convention: ``radiological`` or ``neurological``.
         orientation_known: whether to name the image's edges (R/L, A/P, S/I); ``False`` for
             stacks of 2D slices whose orientation the files do not say.
 
     Returns:
-        Per plane: ``axis`` (fixed), ``slices``, ``cols_axis``/``rows_axis`` with their sizes
-        ``cols``/``rows`` and ``flip_cols``/``flip_rows``, ``aspect`` (width/height in mm),
-        ``labels`` (edge letters).
+        Per plane (:meth:`~bts_monai.inference.display.PlaneView.describe`): ``axis`` (fixed),
+        ``slices``, ``cols_axis``/``rows_axis`` with their sizes ``cols``/``rows`` and
+        ``flip_cols``/``flip_rows``, ``aspect`` (width/height in mm), ``labels`` (edge letters).
     """
-    out = {}
-    for plane in PLANES:
-        axis = overlay.AXES[plane]
-        cols_axis, rows_axis = (a for a in range(3) if a != axis)
-        cols, rows = int(shape[cols_axis]), int(shape[rows_axis])
-        out[plane] = {
-            "axis": axis,
-            "slices": int(shape[axis]),
-            "cols_axis": cols_axis,
-            "rows_axis": rows_axis,
-            "cols": cols,
-            "rows": rows,
-            "flip_cols": False,
-            "flip_rows": True,
-            "aspect": (cols * float(spacing[cols_axis])) / (rows * float(spacing[rows_axis])),
-            "labels": dict(_EDGES[plane]) if orientation_known else {},
-        }
-    return out
+    spacing = voxel_sizes(affine)
+    views = plane_views(affine, convention, orientation_known)
+    return {plane: views[plane].describe(shape, spacing) for plane in PLANES}
+
+
+def _view_of(plane: str, geom: dict[str, Any]) -> PlaneView:
+    """The :class:`PlaneView` a ``view.json`` plane entry describes."""
+    keys = ("axis", "rows_axis", "cols_axis", "flip_rows", "flip_cols", "labels")
+    return PlaneView(plane, **{k: geom[k] for k in keys})
 
 
 def _to_uint8(volume: np.ndarray) -> np.ndarray:
@@ -95,6 +80,7 @@ def prepare_view(
     affine: np.ndarray,
     label_map: np.ndarray | None = None,
     orientation_known: bool = True,
+    convention: str = DEFAULT_CONVENTION,
 ) -> dict[str, Any]:
     """Store a finished case for the viewer and return its description (also saved as ``view.json``).
 
@@ -109,31 +95,30 @@ def prepare_view(
             :func:`bts_monai.inference.io.tiff_display_affine`).
         label_map: the scheme's label map in the same grid, when ``layers`` has labels.
         orientation_known: ``False`` for stacks of 2D slices (no edge letters).
+        convention: how left and right are drawn (:mod:`bts_monai.inference.display`).
 
     Returns:
-        ``shape``, ``spacing``, ``center``, ``modalities``, ``default_modality``, ``layers`` and
-        ``planes`` (:func:`plane_geometry`).
+        ``shape``, ``spacing``, ``center`` (voxel indices of the file's grid), ``modalities``,
+        ``default_modality``, ``layers``, ``convention`` and ``planes`` (:func:`plane_geometry`).
     """
-    from bts_monai.inference.geometry import ras_oriented
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    display, zooms = ras_oriented(np.stack([_to_uint8(channel) for channel in image]), affine)
-    regions, _ = ras_oriented(np.asarray(masks, dtype=np.uint8), affine)
+    display = np.stack([_to_uint8(channel) for channel in image])
+    regions = np.asarray(masks, dtype=bool)
     _save_npy(folder / "image.npy", display)
-    _save_npy(folder / "regions.npy", regions.astype(bool))
+    _save_npy(folder / "regions.npy", regions)
     if label_map is not None:
-        _save_npy(folder / "labels.npy", ras_oriented(np.asarray(label_map), affine)[0])
+        _save_npy(folder / "labels.npy", np.asarray(label_map))
     shape = [int(s) for s in display.shape[1:]]
-    spacing = [float(z) for z in zooms]
     meta = {
         "shape": shape,
-        "spacing": spacing,
+        "spacing": [float(z) for z in voxel_sizes(affine)],
         "center": [int(c) for c in overlay.tumour_centre(regions, display.max(0))],
         "modalities": list(modalities),
         "default_modality": "flair" if "flair" in modalities else modalities[0],
         "layers": layers,
-        "planes": plane_geometry(shape, spacing, orientation_known),
+        "convention": convention,
+        "planes": plane_geometry(shape, affine, convention, orientation_known),
     }
     tmp = folder / "view.json.tmp"
     tmp.write_text(json.dumps(meta))
@@ -186,7 +171,8 @@ def render_plane(
     if plane not in PLANES:
         raise ValueError(f"unknown plane {plane!r}; choose from {', '.join(PLANES)}")
     geom = meta["planes"][plane]
-    axis = geom["axis"]
+    view = _view_of(plane, geom)
+    axis = view.axis
     index = meta["center"][axis] if index is None else int(index)
     if not 0 <= index < geom["slices"]:
         raise ValueError(f"{plane} slice {index} is outside 0..{geom['slices'] - 1}")
@@ -214,6 +200,6 @@ def render_plane(
         regions = np.load(folder / "regions.npy", mmap_mode="r")
         masks = np.stack([_one_slice(regions[layer["region"]], axis, index) for layer in chosen]) if chosen else None
     rgb = overlay.render_slice(
-        grey, masks, axis, 0, [_rgb(layer["color"]) for layer in chosen], alpha=opacity, window=(0.0, 255.0)
+        grey, masks, view, 0, [_rgb(layer["color"]) for layer in chosen], alpha=opacity, window=(0.0, 255.0)
     )
     return overlay.png_bytes(rgb)

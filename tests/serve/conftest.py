@@ -96,3 +96,41 @@ def brats_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lgg_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 2D LGG (3 channels -> abnormality) checkpoint."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_lgg.ckpt", "lgg")
+
+
+RIGHT_BLOB_SHAPE = (40, 44, 36)
+RIGHT_BLOB_CENTRE = (10, 22, 18)
+"""Voxel of the blob's centre; with :data:`RIGHT_BLOB_AFFINE` (LPS: x grows to the patient's
+left) a low x lies in the patient's right hemisphere."""
+RIGHT_BLOB_AFFINE = np.array(
+    [[-1.5, 0.0, 0.0, 30.0], [0.0, -1.5, 0.0, 33.0], [0.0, 0.0, 1.5, -27.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def right_blob_volume(radius: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """A 4-channel ``(X, Y, Z, 4)`` "brain" whose only bright blob lies in the patient's right
+    hemisphere, and the blob's mask ``(X, Y, Z)``."""
+    rng = np.random.default_rng(7)
+    grids = np.meshgrid(*[np.arange(s) for s in RIGHT_BLOB_SHAPE], indexing="ij")
+    r = sum(((g - (s - 1) / 2) / (s * 0.45)) ** 2 for g, s in zip(grids, RIGHT_BLOB_SHAPE))
+    blob = sum((g - c) ** 2 for g, c in zip(grids, RIGHT_BLOB_CENTRE)) <= radius**2
+    assert RIGHT_BLOB_AFFINE[0, 0] < 0 and RIGHT_BLOB_CENTRE[0] < RIGHT_BLOB_SHAPE[0] / 2  # right hemisphere
+    channels = []
+    for _ in range(4):
+        vol = np.where(r <= 1, rng.uniform(80, 120, RIGHT_BLOB_SHAPE), 0.0)
+        vol[blob] = 400.0
+        channels.append(vol)
+    return np.stack(channels, axis=-1).astype(np.int16), blob
+
+
+def write_right_blob_nifti(path: Path) -> tuple[Path, np.ndarray]:
+    """:func:`right_blob_volume` saved as one 4D NIfTI (qform and sform set); returns it and the mask."""
+    import nibabel as nib
+
+    data, blob = right_blob_volume()
+    img = nib.Nifti1Image(data, RIGHT_BLOB_AFFINE)
+    img.set_qform(RIGHT_BLOB_AFFINE, code=1)
+    img.set_sform(RIGHT_BLOB_AFFINE, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path, blob

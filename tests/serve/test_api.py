@@ -287,8 +287,11 @@ def test_progress_comes_from_the_predictor(
 ) -> None:
     case_dir = make_brats_case(tmp_path, CASE, shape=(48, 48, 40), seed=4)  # several 32³ windows
     net = brats_predictor.net
+    inferer = brats_predictor.inferer
+    swapped = []
 
     def slow_net(x: torch.Tensor) -> torch.Tensor:  # slow each window down so the polls see them
+        swapped.append(brats_predictor.inferer is not inferer)
         time.sleep(0.05)
         return net(x)
 
@@ -308,6 +311,7 @@ def test_progress_comes_from_the_predictor(
     assert total > 1 and done <= total
     progress = [p for _, p in stages]
     assert progress == sorted(progress) and progress[-1] == 1.0
+    assert swapped and not any(swapped), "the server replaced the predictor's inferer"
 
 
 def test_results_expire_and_are_deleted(brats_predictor: Predictor, case_dir: Path, workdir: Path) -> None:
@@ -450,7 +454,7 @@ def test_a_failed_job_shows_its_message(
 ) -> None:
     from bts_monai.errors import BtsInputError
 
-    def broken(case):
+    def broken(case, **kwargs):
         server_file = case.reference.get_filename()  # the job folder's copy of the flair file
         raise BtsInputError(server_file, f"went wrong, unlike {server_file}")
 
