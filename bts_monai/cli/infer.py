@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--report", metavar="PATH", help="volumes as .json or .csv (one file for all cases)")
     out.add_argument("--overlay", metavar="PATH", help="three-plane overlay .png (several inputs: a folder)")
     add_speed_arguments(p)
+    from bts_monai.inference.display import CONVENTIONS, DEFAULT_CONVENTION
+
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        default=DEFAULT_CONVENTION,
+        help="how --overlay draws left and right: radiological (patient's right on the image's left) or "
+        "neurological (default: %(default)s)",
+    )
     p.add_argument("--trusted", action="store_true", help="allow a network class from outside monai/bts_monai")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
@@ -153,6 +162,7 @@ def _main(argv: Sequence[str] | None) -> int:
         predictor = Predictor.from_checkpoint(
             ckpt,
             trusted=args.trusted,
+            convention=args.convention,
             **speed_options(args),
         )
     except ValueError as exc:

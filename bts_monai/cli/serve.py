@@ -46,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_KEEP_MINUTES,
         help="how long results are kept after a case is done (default: %(default)s)",
     )
+    p.add_argument(
+        "--max-disk-mb",
+        type=float,
+        help="quota of the work folder in MB: uploads that would pass it get 503 (default: none)",
+    )
+    from bts_monai.inference.display import CONVENTIONS, DEFAULT_CONVENTION
+
+    p.add_argument(
+        "--convention",
+        choices=CONVENTIONS,
+        default=DEFAULT_CONVENTION,
+        help="how slices show left and right: radiological (patient's right on the image's left) or "
+        "neurological (default: %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     return p
 
@@ -88,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bts_monai.serve.pipeline import load_predictor, resolve_model
 
     ckpt = args.ckpt if args.ckpt is not None else resolve_model(args.model)
-    predictor = load_predictor(ckpt, **speed_options(args))
+    if args.max_disk_mb is not None and args.max_disk_mb <= 0:
+        raise BtsInputError(None, f"--max-disk-mb {args.max_disk_mb} must be positive")
+    predictor = load_predictor(ckpt, convention=args.convention, **speed_options(args))
     import uvicorn
 
     sock = _listen(args.host, args.port)
@@ -102,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir,
         max_upload_mb=args.max_upload_mb,
         keep_minutes=args.keep_minutes,
+        max_disk_mb=args.max_disk_mb,
         model_name=ckpt.stem if ckpt.name else None,
         allowed_hosts=hosts,
     )
