@@ -172,9 +172,9 @@ class BuildSummary:
 
 # ---- writing ---------------------------------------------------------------------------------
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from bts_monai.fileio import write_text
+
+    write_text(path, text)
 
 
 def _cparams() -> dict[str, Any]:

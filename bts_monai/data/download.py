@@ -38,6 +38,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import write_text
 
 __all__ = [
     "DATALIST_NAME",
@@ -606,9 +607,7 @@ def _marker_matches(marker: Mapping[str, Any], spec: DatasetSpec, expected: Mapp
 
 
 def _write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=1))
 
 
 def _write_datalist(folder: Path, spec: DatasetSpec, final_root: Path) -> None:

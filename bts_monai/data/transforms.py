@@ -12,6 +12,11 @@ dictionary wrapper like MONAI's own:
 
 The pipelines split into a deterministic part (load, orient, crop to the brain, normalise,
 convert labels: what caches compute once) and a random part (crops, flips, intensity).
+
+The brain is one mask, nnU-Net's rule: voxels non-zero in *any* channel (:func:`brain_mask`). Cropping
+(:func:`is_nonzero` as ``CropForegroundd``'s ``select_fn``) and z-scoring (:class:`NormalizeInBrain`)
+both use it, so inputs whose brain is negative (already normalised scans) are neither cropped away
+nor normalised over a different mask per channel.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
+from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import (
     CastToTyped,
@@ -31,7 +36,6 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapTransform,
-    NormalizeIntensityd,
     Orientationd,
     RandAdjustContrastd,
     RandAffined,
@@ -48,11 +52,18 @@ from monai.transforms import (
     SqueezeDimd,
     Transform,
 )
+from monai.utils import convert_to_dst_type
 
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 
 __all__ = [
+    "BRAIN_MASK_RULE",
+    "NormalizeInBrain",
+    "NormalizeInBraind",
+    "brain_mask",
+    "border_nonzero_fraction",
+    "is_nonzero",
     "LabelsToTarget",
     "LabelsToTargetd",
     "SelectChannels",
@@ -67,6 +78,74 @@ __all__ = [
 ]
 
 INTENSITY_MODES = ("zscore", "minmax", "unit")
+
+BRAIN_MASK_RULE = "nonzero-any-channel"
+"""The brain mask: voxels non-zero in any channel (nnU-Net's ``create_nonzero_mask``, without its
+hole filling: a voxel zero in every channel inside the brain does not move the bounding box and
+is background in every modality)."""
+
+NOT_SKULL_STRIPPED = 0.5
+"""Share of non-zero voxels on a volume's border above which it does not look skull-stripped."""
+
+
+def is_nonzero(image: NdarrayOrTensor) -> NdarrayOrTensor:
+    """Element-wise ``image != 0``: ``CropForegroundd``'s ``select_fn`` for :data:`BRAIN_MASK_RULE`
+    (MONAI's default, ``> 0``, crops negative-valued brains away). MONAI reduces it over channels
+    with ``any``, which makes the mask "non-zero in any channel"."""
+    return image != 0
+
+
+def brain_mask(image: NdarrayOrTensor) -> NdarrayOrTensor:
+    """``(C, *spatial)`` -> boolean ``(*spatial)``: non-zero in any channel (:data:`BRAIN_MASK_RULE`)."""
+    return (image != 0).any(0)
+
+
+def border_nonzero_fraction(image: NdarrayOrTensor, width: int = 2) -> float:
+    """Share of the voxels within ``width`` of the volume's faces that are non-zero in some channel.
+
+    Skull-stripped MRI (BraTS) has a zero background, so this is about 0; a scan with skull, neck
+    and noise, or one normalised over the whole volume, gives nearly 1.
+    """
+    mask = np.asarray(brain_mask(image.detach().cpu() if isinstance(image, torch.Tensor) else np.asarray(image)))
+    inner = mask[tuple(slice(width, -width) if s > 2 * width else slice(0, 0) for s in mask.shape)]
+    border = mask.size - inner.size
+    return float(mask.sum() - inner.sum()) / border if border else 0.0
+
+
+class NormalizeInBrain(Transform):
+    """Z-score every channel over the one brain mask (:func:`brain_mask`), as nnU-Net normalises MRI;
+    voxels outside the mask become 0.
+
+    MONAI's ``NormalizeIntensity(nonzero=True)`` takes each channel's own non-zero voxels as its
+    mask, so a voxel that is zero in one modality but inside the brain is left out of that
+    channel's statistics and never normalised; one shared mask keeps the channels on one footing.
+    """
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        x = torch.as_tensor(img, dtype=torch.float32).clone()
+        mask = brain_mask(x)
+        if bool(mask.any()):
+            for c in range(x.shape[0]):
+                values = x[c][mask]
+                mean, std = values.mean(), values.std(unbiased=False)
+                std = torch.where(std > 0, std, torch.ones_like(std))
+                x[c] = torch.where(mask, (x[c] - mean) / std, torch.zeros_like(x[c]))
+        out, *_ = convert_to_dst_type(x, img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)
+        return out
+
+
+class NormalizeInBraind(MapTransform):
+    """Dictionary wrapper of :class:`NormalizeInBrain`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = NormalizeInBrain()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalizer(d[key])
+        return d
 
 
 def _source_name(data: Any) -> str | None:
@@ -177,25 +256,20 @@ class LoadTiffSlices(Transform):
     ``N`` files give ``(C, H, W, N)``. Slice order is the order given (discovery sorts numerically).
 
     Raises:
-        BtsInputError: an unreadable file, or slices of different sizes.
+        BtsInputError: an unreadable file, or slices of different sizes (naming the odd one out).
     """
 
     def __call__(self, paths: str | Sequence[str]) -> MetaTensor:
-        import tifffile
+        from bts_monai.data.checks import check_slice_shapes, read_tiff
 
         paths = [paths] if isinstance(paths, str) else list(paths)
         if not paths:
             raise BtsInputError(None, "no TIFF slices given")
         arrays = []
         for p in paths:
-            try:
-                a = np.asarray(tifffile.imread(p))
-            except Exception as exc:
-                raise BtsInputError(p, f"cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
-            a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
-            if arrays and a.shape != arrays[0].shape:
-                raise BtsInputError(p, f"slice shape {a.shape[1:]} differs from {arrays[0].shape[1:]} of {paths[0]}")
-            arrays.append(a)
+            a = read_tiff(p)
+            arrays.append(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0))
+        check_slice_shapes(paths, [tuple(a.shape) for a in arrays])
         vol = np.stack(arrays, axis=-1).astype(np.float32)
         return MetaTensor(torch.from_numpy(vol), meta={"filename_or_obj": paths[0], "slices": len(paths)})
 
@@ -217,11 +291,11 @@ class LoadTiffSlicesd(MapTransform):
 def intensity_transform(mode: str, key: str = "image") -> MapTransform:
     """The intensity normalisation shared by training, caching and inference.
 
-    ``zscore``: per channel, over the brain (non-zero voxels), as nnU-Net does for MRI;
-    ``minmax``: per channel to [0, 1]; ``unit``: uint8 images (LGG) divided by 255.
+    ``zscore``: per channel, over the brain mask (non-zero in any channel, :class:`NormalizeInBrain`),
+    as nnU-Net does for MRI; ``minmax``: per channel to [0, 1]; ``unit``: uint8 images (LGG) / 255.
     """
     if mode == "zscore":
-        return NormalizeIntensityd(keys=key, nonzero=True, channel_wise=True)
+        return NormalizeInBraind(keys=key)
     if mode == "minmax":
         return ScaleIntensityd(keys=key, minv=0.0, maxv=1.0, channel_wise=True)
     if mode == "unit":
@@ -263,7 +337,7 @@ def deterministic_transforms(
         steps.append(LabelsToTargetd(keys="label", scheme=scheme, mode=label_mode))
     if crop_foreground and kind == "nifti":
         # BraTS volumes are mostly zero background: train and infer inside the brain's box.
-        steps.append(CropForegroundd(keys=keys, source_key="image", allow_smaller=True))
+        steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=is_nonzero, allow_smaller=True))
     steps += [intensity_transform(intensity), CastToTyped(keys=keys, dtype=np.float32)]
     return Compose(steps)
 

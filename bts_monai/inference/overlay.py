@@ -240,7 +240,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def save_overlay_png(path: str | os.PathLike[str], rgb: np.ndarray) -> None:
     """Write an RGB image as PNG atomically (temporary name in the same folder, then rename)."""
-    from bts_monai.inference.io import atomic_path
+    from bts_monai.fileio import atomic_path
 
     data = png_bytes(rgb)
     with atomic_path(path) as tmp:

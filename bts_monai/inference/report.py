@@ -122,7 +122,7 @@ def write_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str |
     Raises:
         BtsInputError: the extension is neither ``.json`` nor ``.csv``.
     """
-    from bts_monai.inference.io import atomic_path
+    from bts_monai.fileio import atomic_path
 
     text = format_report(reports, path)
     with atomic_path(path) as tmp:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bts_monai.fileio import atomic_open, write_text
 from bts_monai.inference import overlay
 from bts_monai.inference.display import DEFAULT_CONVENTION, PLANES, PlaneView, plane_views, voxel_sizes
 
@@ -65,10 +66,8 @@ def _to_uint8(volume: np.ndarray) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array))
-    os.replace(tmp, path)
 
 
 def prepare_view(
@@ -120,9 +119,7 @@ def prepare_view(
         "convention": convention,
         "planes": plane_geometry(shape, affine, convention, orientation_known),
     }
-    tmp = folder / "view.json.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, folder / "view.json")
+    write_text(folder / "view.json", json.dumps(meta))
     return meta
 
 

@@ -60,8 +60,10 @@ def case(tmp_path) -> Path:
 
 
 def _one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
+    # Log lines (INFO/WARNING) may precede it; the error itself is one line, with no traceback.
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "Traceback" in ln or ln.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    err = lines[0]
     for n in needles:
         assert n in err, err
     return err
