@@ -16,6 +16,7 @@ from bts_monai.cli._common import exits_on_bad_input, setup_logging
 from bts_monai.data.cache import CacheSettings, PreprocessedCache
 from bts_monai.data.discovery import BRATS_MODALITIES, check_case, discover, read_datalist
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import remove_tree
 from bts_monai.labels import get_scheme
 
 PROG = "bts-preprocess"
@@ -94,7 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         raise BtsInputError(where, str(exc)) from exc
     cache = PreprocessedCache(args.output, settings)
-    summary = cache.build(entries, workers=args.workers, progress=not args.no_progress, force=args.force)
+    created = [p for p in (cache.cache_dir, cache.root) if not p.exists()]
+    try:
+        summary = cache.build(entries, workers=args.workers, progress=not args.no_progress, force=args.force)
+    except BaseException:
+        if not cache.case_ids():  # a failed first build leaves nothing behind (no lone settings.json)
+            for folder in reversed(created):
+                remove_tree(folder)
+        raise
     keys = list(settings.modalities) + ["label"]
     source = sum(os.path.getsize(e[k]) for e in entries for k in keys if k in e)
     size = cache.disk_bytes()

@@ -250,6 +250,9 @@ def preprocess_case(entry: Mapping[str, Any], settings: CacheSettings) -> tuple[
         first = item["image"] if isinstance(item["image"], str) else item["image"][0]
         raise _as_input_error(exc, Path(first).parent, case_id) from exc
     image = d["image"]
+    for c, m in enumerate(settings.modalities):  # a NaN voxel turns its whole channel NaN: never cache that
+        if not bool(torch.isfinite(image[c]).all()):
+            raise BtsInputError(entry[m], "contains NaN or Inf voxels")
     crop = _applied(image, "CropForeground")
     oriented_shape = list(crop["orig_size"]) if crop else list(image.shape[1:])
     scheme = get_scheme(settings.scheme)

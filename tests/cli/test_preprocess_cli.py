@@ -62,3 +62,24 @@ def test_argument_errors_exit_2(brats21_root: Path, tmp_path: Path):
     with pytest.raises(SystemExit) as info:
         main([str(brats21_root), "-o", str(tmp_path / "c"), "--modalities", "dwi"])
     assert info.value.code == 2
+
+
+def test_nan_voxels_refused_and_nothing_left(tmp_path, capsys):
+    """Issue 20: a case with NaN voxels is refused (exit 2), not cached as NaNs, and no settings.json stays."""
+    import nibabel as nib
+    import numpy as np
+
+    from bts_monai.cli.preprocess import main as preprocess
+    from bts_monai.data.synthetic import make_brats_case
+
+    case = make_brats_case(tmp_path / "data", "BraTS2021_00007", shape=(20, 24, 16), seed=0)
+    t1 = case / "BraTS2021_00007_t1.nii.gz"
+    img = nib.load(t1)
+    vol = np.asarray(img.dataobj).astype(np.float32)
+    vol[10, 12, 8] = np.nan
+    nib.save(nib.Nifti1Image(vol, img.affine), t1)
+    out = tmp_path / "cache"
+    assert preprocess([str(tmp_path / "data"), "-o", str(out), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and str(t1) in err and "NaN" in err
+    assert not out.exists()
