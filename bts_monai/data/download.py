@@ -628,16 +628,30 @@ def _locked(path: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks; runs are not serialised
         yield
         return
-    with open(path, "a") as fh:
+    while True:
+        fh = open(path, "a")  # noqa: SIM115 - held open for the lock's lifetime
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             logger.info("another download of the same dataset is running; waiting for it (%s)", path)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        # The holder before us removes the file when done: if ours is no longer the file at ``path``,
+        # a newcomer may lock the new one, so lock that one instead.
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        fh.close()
+    try:
+        yield
+    finally:
+        # Removed while still locked, so a run leaves no lock file behind (also when it fails).
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def _rmtree(path: Path) -> None:

@@ -140,7 +140,7 @@ def test_download_extract_fix_up_check_and_rerun_does_no_work(
     marker = json.loads((root / MARKER_NAME).read_text())
     assert marker["handle"] == DATASETS[name].handle and marker["version"] == 4
     assert marker["counts"] == SMALL[name]
-    assert sorted(p.name for p in dest.iterdir()) == [f".{name}.lock", name]  # work folder cleaned up
+    assert sorted(p.name for p in dest.iterdir()) == [name]  # work folder and lock file cleaned up
     assert [r["path"].rsplit("/", 1)[-1] for r in kaggle.requests] == ["GetDataset", "DownloadDataset", "archive.zip"]
     assert all(r["auth"] == "Bearer test-token" for r in kaggle.requests)
 
@@ -259,6 +259,7 @@ def test_missing_credentials_exit_2_with_the_steps(kaggle: FakeKaggle, tmp_path:
     ):
         assert step in err[0]
     assert kaggle.requests == []  # checked before any call
+    assert not (tmp_path / "d" / ".brats2021.lock").exists()  # a failed run leaves no lock file
 
 
 def test_credentials_are_found_where_kaggle_users_keep_them(tmp_path: Path, monkeypatch) -> None:
