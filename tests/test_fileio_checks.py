@@ -129,3 +129,12 @@ def test_negative_valued_brain_is_not_cropped_away(tmp_path):
     assert bool(brain_mask(out).all())
     assert float(out[1, 2, 2, 2]) > 5  # the zero voxel, z-scored with its channel's brain statistics
     np.testing.assert_allclose(out.mean(dim=(1, 2, 3)).numpy(), 0.0, atol=1e-4)
+
+
+def test_unknown_brats_year_is_an_input_error(tmp_path):
+    from bts_monai.data.discovery import discover
+    from bts_monai.data.synthetic import make_brats_case
+
+    make_brats_case(tmp_path / "data", "BraTS2021_00001", shape=(12, 12, 10), seed=0)
+    with pytest.raises(BtsInputError, match="unknown dataset 'brats2099'"):
+        discover(tmp_path / "data", "brats2099")

@@ -506,6 +506,11 @@ def discover(root: str | os.PathLike[str], dataset: str = "auto") -> list[dict[s
             skip.append(folder)
         if dataset == "auto" and skip:
             _refuse_brats_inside(root, skip)
+    if dataset.startswith("brats") and dataset != "brats":
+        try:
+            get_scheme(dataset)
+        except ValueError as exc:  # e.g. --dataset brats2099: one line, not a traceback
+            raise BtsInputError(None, f"unknown dataset {dataset!r}: use brats or brats2017..brats2024") from exc
     if dataset == "auto" or dataset.startswith("brats"):
         year = (
             None
