@@ -44,11 +44,20 @@ def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -
     speed = parser.add_argument_group(title)
     speed.add_argument("--device", default="auto", help="auto (default: CUDA when available), cpu, cuda, cuda:N")
     speed.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: torch's choice)")
-    speed.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default %(default)s)")
-    speed.add_argument("--tta", action="store_true", help="average over mirror flips (8x slower in 3D)")
+    speed.add_argument(
+        "--overlap", type=float, help="sliding-window overlap (default: the model's, as validated in training)"
+    )
+    speed.add_argument(
+        "--tta", action="store_true", help="average over mirror flips of the axes training mirrored (8x slower in 3D)"
+    )
+    speed.add_argument(
+        "--threshold",
+        type=float,
+        help="probability above which a voxel belongs to a region (default: the model's, as validated)",
+    )
     speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
 
 
 def speed_options(args: argparse.Namespace) -> dict[str, object]:
     """The Predictor keyword arguments of :func:`add_speed_arguments`' options."""
-    return {k: getattr(args, k) for k in ("device", "threads", "overlap", "tta", "precision")}
+    return {k: getattr(args, k) for k in ("device", "threads", "overlap", "tta", "precision", "threshold")}

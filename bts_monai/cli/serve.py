@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise BtsInputError(None, f"--port {args.port} is not a port number (0-65535)")
     if args.max_upload_mb <= 0 or args.keep_minutes <= 0:
         raise BtsInputError(None, "--max-upload-mb and --keep-minutes must be positive")
-    if not 0 <= args.overlap < 1:
+    if args.overlap is not None and not 0 <= args.overlap < 1:
         raise BtsInputError(None, f"--overlap {args.overlap} must be at least 0 and below 1")
     if args.threads is not None and args.threads < 1:
         raise BtsInputError(None, f"--threads {args.threads} must be at least 1")

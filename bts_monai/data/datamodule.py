@@ -203,6 +203,8 @@ class BratsDataModule(pl.LightningDataModule):
             "roi_size": list(self.roi_size),
             "intensity": self.intensity,
             "spacing": list(self.spacing) if self.spacing else None,
+            # The axes training's random flips mirror: the only ones test-time mirroring may use.
+            "mirror_axes": list(range(self.spatial_dims)) if self.augment else [],
         }
 
     # ---- Lightning hooks ------------------------------------------------------------------

@@ -49,6 +49,7 @@ from bts_monai.inference.io import (
 from bts_monai.inference.overlay import png_bytes, three_plane_overlay
 from bts_monai.inference.report import check_report_path, format_report, volume_report, write_report
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
+from bts_monai.model.spec import check_settings, inference_settings
 
 __all__ = [
     "PRECISIONS",
@@ -252,8 +253,9 @@ class Predictor:
             sigmoid per region; ``labels``: softmax over label values), ``spatial_dims`` (2: slice by
             slice along the last axis), ``roi_size``, ``intensity``, ``spacing`` (and ``dataset``).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        overlap: sliding-window overlap (0 to <1).
-        tta: average the network over mirror flips of every spatial axis (2^D times slower).
+        overlap: sliding-window overlap (0 to <1); default: the model's ``sw_overlap``.
+        tta: average the network over mirror flips of the axes training mirrored (the model's
+            ``mirror_axes``; up to 2^D times slower).
         precision: ``"32"`` or ``"bf16"`` (autocast; fast on CPUs with native bfloat16).
         threads: CPU threads for torch (sets ``torch.set_num_threads``, process-wide); default torch's.
         sw_batch_size: windows per forward pass (default 1 on CPU, where larger is slower; 4 on GPU).
@@ -264,6 +266,9 @@ class Predictor:
             ``neurological`` (see :mod:`bts_monai.inference.display`).
         progress_callback: ``progress_callback(done, total)`` after each batch of sliding windows
             of a case (windows done, windows in the case), from the thread running the inference.
+        threshold, sw_mode, roi_size, mirror_axes: override the model's saved
+            :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` (sigmoid threshold, window blending
+            and size, test-time mirror axes); by default the Predictor runs as validation did.
 
     Example:
         >>> p = Predictor.from_checkpoint("run.ckpt")                      # doctest: +SKIP
@@ -276,7 +281,7 @@ class Predictor:
         net: nn.Module,
         config: dict[str, Any],
         device: str | torch.device = "auto",
-        overlap: float = 0.5,
+        overlap: float | None = None,
         tta: bool = False,
         precision: str = "32",
         threads: int | None = None,
@@ -285,12 +290,26 @@ class Predictor:
         channels_last: bool = False,
         convention: str = DEFAULT_CONVENTION,
         progress_callback: Callable[[int, int], None] | None = None,
+        threshold: float | None = None,
+        sw_mode: str | None = None,
+        roi_size: Sequence[int] | None = None,
+        mirror_axes: Sequence[int] | None = None,
     ) -> None:
         missing = [k for k in CONFIG_KEYS if k not in config]
         if missing:
             raise ValueError(f"inference config lacks {', '.join(missing)}")
-        if not 0 <= float(overlap) < 1:
-            raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+        overrides = {
+            "threshold": threshold,
+            "sw_overlap": overlap,
+            "sw_mode": sw_mode,
+            "sw_roi_size": roi_size,
+            "mirror_axes": mirror_axes,
+        }
+        # The model's saved settings (or those of its day), then what the caller overrides.
+        saved = inference_settings(config)
+        self.settings = check_settings(
+            {**saved, **{k: v for k, v in overrides.items() if v is not None}}, int(config["spatial_dims"])
+        )
         if str(precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if threads is not None:
@@ -312,13 +331,15 @@ class Predictor:
         self.device = _resolve_device(device)
         self.precision = str(precision)
         self.tta = bool(tta)
-        self.overlap = float(overlap)
+        self.overlap = self.settings["sw_overlap"]
+        self.threshold = self.settings["threshold"]
+        self.mirror_axes = list(self.settings["mirror_axes"])
         self.channels_last = bool(channels_last) and self.spatial_dims == 3
         self.net = net.to(self.device).eval()
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
         self.sw_batch_size = int(sw_batch_size or (1 if self.device.type == "cpu" else 4))
-        roi = [int(r) for r in config["roi_size"]]
+        roi = list(self.settings["sw_roi_size"])
         if len(roi) != self.spatial_dims:
             raise ValueError(f"roi_size {roi} does not have {self.spatial_dims} numbers")
         if self.spatial_dims == 2:  # slices along the last axis: windows one slice deep
@@ -329,7 +350,7 @@ class Predictor:
             roi_size=roi_3d,
             sw_batch_size=self.sw_batch_size,
             overlap=overlaps,
-            mode="gaussian",
+            mode=self.settings["sw_mode"],
             sw_device=self.device,
             device=self.device,
             progress=progress,
@@ -394,7 +415,7 @@ class Predictor:
     # ---- the network over a volume ----------------------------------------------------------
     def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
         net, dims = self.net, self.spatial_dims
-        flips = _flip_sets(dims) if self.tta else [()]
+        flips = _flip_sets(self.mirror_axes) if self.tta else [()]
         autocast = self.precision == "bf16"
         channels_last = self.channels_last
 
@@ -463,7 +484,7 @@ class Predictor:
     def _labels_and_regions(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities in the input grid -> (labels, region probabilities)."""
         if self.label_mode == "regions":
-            return self.scheme.from_regions(probs > 0.5), probs
+            return self.scheme.from_regions(probs > self.threshold), probs
         labels = self.scheme.from_index_map(probs.argmax(0))
         values = self.scheme.all_values
         region_probs = np.stack(
@@ -757,11 +778,10 @@ def _counting_windows(
     return counted
 
 
-def _flip_sets(dims: int) -> list[tuple[int, ...]]:
-    """Every subset of the spatial axes of an ``(N, C, *spatial)`` tensor (identity first)."""
-    axes = list(range(2, 2 + dims))
+def _flip_sets(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the given spatial axes, as axes of an ``(N, C, *spatial)`` tensor (identity first)."""
     sets: list[tuple[int, ...]] = [()]
-    for a in axes:
+    for a in [2 + int(x) for x in spatial_axes]:
         sets += [(*s, a) for s in sets]
     return sets
 

@@ -18,12 +18,17 @@ import torch
 from torch import nn
 
 from bts_monai.errors import BtsInputError
-from bts_monai.model.module import INFERENCE_KEY, build_network
+from bts_monai.model.spec import (
+    INFERENCE_KEY,
+    TRUSTED_NETWORK_PACKAGES,
+    build_network,
+    check_trusted,
+    inference_settings,
+    load_weights,
+    sha256_file,
+)
 
 __all__ = ["load_checkpoint", "read_inference_config", "TRUSTED_NETWORK_PACKAGES", "REQUIRED_KEYS"]
-
-TRUSTED_NETWORK_PACKAGES: tuple[str, ...] = ("monai.", "bts_monai.", "torch.nn.")
-"""Packages a checkpoint's network ``class_path`` may come from (importing runs module code)."""
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "net",
@@ -66,7 +71,7 @@ def _check_config(path: Path, config: Any) -> dict[str, Any]:
         raise BtsInputError(
             path,
             "the checkpoint does not say how to build its network (train through the CLI, or make the "
-            "network with bts_monai.model.module.build_network)",
+            "network with bts_monai.build_network)",
         )
     return config
 
@@ -78,7 +83,21 @@ def read_inference_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         BtsInputError: missing, corrupt or foreign file.
     """
     path = Path(path)
-    return _check_config(path, _read(path, "cpu").get(INFERENCE_KEY))
+    return _full_config(path, _read(path, "cpu"))
+
+
+def _full_config(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checked inference config with its settings (defaults for old checkpoints) and the
+    checkpoint's identity (name, epoch and step, SHA-256) for reports."""
+    config = dict(_check_config(path, ckpt.get(INFERENCE_KEY)))
+    config.update(inference_settings(config, path))
+    config.update(
+        model_name=path.stem,
+        model_version=f"epoch {ckpt.get('epoch', '?')}, step {ckpt.get('global_step', '?')}",
+        model_source=str(path),
+        weights_sha256=sha256_file(path),
+    )
+    return config
 
 
 def load_checkpoint(
@@ -96,7 +115,9 @@ def load_checkpoint(
     Returns:
         ``(network, config)``: the network in eval mode with the trained weights, and the
         inference config (``net`` with ``class_path``/``init_args``, ``modalities``, ``dataset``,
-        ``scheme``, ``label_mode``, ``spatial_dims``, ``roi_size``, ``intensity``, ``spacing``).
+        ``scheme``, ``label_mode``, ``spatial_dims``, ``roi_size``, ``intensity``, ``spacing``, the
+        :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` and the
+        :data:`~bts_monai.model.spec.PROVENANCE_KEYS`).
 
     Raises:
         BtsInputError: the file is missing, corrupt or truncated, not a checkpoint of this
@@ -104,22 +125,16 @@ def load_checkpoint(
     """
     path = Path(path)
     ckpt = _read(path, map_location)
-    config = _check_config(path, ckpt.get(INFERENCE_KEY))
+    config = _full_config(path, ckpt)
     class_path = config["net"]["class_path"]
-    if not trusted and not class_path.startswith(TRUSTED_NETWORK_PACKAGES):
-        raise BtsInputError(
-            path, f"network class {class_path} is outside {list(TRUSTED_NETWORK_PACKAGES)}; pass trusted=True"
-        )
+    check_trusted(class_path, path, trusted)
     try:
         net = build_network(class_path, config["net"]["init_args"])
     except Exception as exc:
         raise BtsInputError(path, f"cannot build network {class_path} ({type(exc).__name__}: {exc})") from exc
     prefix = "net."
     weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise BtsInputError(path, f"weights do not fit {class_path}: {exc}") from exc
+    load_weights(net, weights, path)
     net.to(map_location)
     net.eval()
-    return net, dict(config)
+    return net, config

@@ -33,6 +33,7 @@ from bts_monai.data.discovery import BRATS_MODALITIES
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, get_scheme
 from bts_monai.model import metrics
+from bts_monai.model.spec import INFERENCE_KEY, build_network
 
 __all__ = ["BratsSegModule", "build_network", "default_data_config", "VAL_METRICS"]
 
@@ -41,31 +42,7 @@ logger = logging.getLogger(__name__)
 VAL_METRICS = ("dice", "iou", "hd95")
 """Per-region validation metrics logged each epoch as ``val/<metric>_<region>`` and ``val/<metric>_mean``."""
 
-INFERENCE_KEY = "bts_inference"
-"""Checkpoint key holding the inference config (network spec + data settings)."""
-
 _RNG_KEY = "bts_rng_state"
-
-
-def build_network(class_path: str, init_args: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate a network from its ``class_path``/``init_args`` and remember both.
-
-    Python users who build the module without LightningCLI should make the network here, so the
-    checkpoint can say how to rebuild it.
-
-    Example:
-        >>> net = build_network("monai.networks.nets.UNet", {"spatial_dims": 3, "in_channels": 4,
-        ...     "out_channels": 3, "channels": [8, 16], "strides": [2]})
-    """
-    from jsonargparse import ArgumentParser
-
-    spec = {"class_path": class_path, "init_args": dict(init_args or {})}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(nn.Module, "net", fail_untyped=False)
-    cfg = parser.parse_object({"net": spec})
-    net = parser.instantiate_classes(cfg).net
-    net._bts_net_config = spec  # type: ignore[assignment]
-    return net
 
 
 def default_data_config(spatial_dims: int = 3) -> dict[str, Any]:
@@ -242,8 +219,18 @@ class BratsSegModule(pl.LightningModule):
         return self.scheme.region_names
 
     def inference_config(self) -> dict[str, Any]:
-        """What a predictor needs besides the weights: network spec and data settings."""
-        return {"net": self.net_config, **self.config}
+        """What a predictor needs besides the weights: network spec, data settings, and how
+        validation runs the network (:data:`~bts_monai.model.spec.INFERENCE_SETTINGS`)."""
+        config = {"net": self.net_config, **self.config}
+        config.update(
+            threshold=float(self.threshold),
+            sw_roi_size=[int(r) for r in (self.sw_roi_size or self.config["roi_size"])],
+            sw_overlap=float(self.sw_overlap),
+            sw_mode=str(self.sw_mode),
+        )
+        # Unknown without a datamodule: the default augmentation flips every axis.
+        config.setdefault("mirror_axes", list(range(self.spatial_dims)))
+        return config
 
     @property
     def loss_fn(self) -> nn.Module:
@@ -445,7 +432,8 @@ class BratsSegModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the data settings; the RNG states are applied when the next epoch starts."""
         saved = checkpoint.get(INFERENCE_KEY) or {}
-        data = {k: v for k, v in saved.items() if k != "net"}
+        # The window settings are this module's own hyperparameters, restored with them.
+        data = {k: v for k, v in saved.items() if k not in ("net", "threshold", "sw_roi_size", "sw_overlap", "sw_mode")}
         if data:
             self.data_config = data
         if self.net_config is None:

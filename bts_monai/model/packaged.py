@@ -9,11 +9,9 @@ figures measured, package versions, the command that reproduces it, intended use
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
-from importlib import metadata as pkg_metadata
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,15 @@ from torch import nn
 
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import get_scheme
+from bts_monai.model.spec import (
+    INFERENCE_SETTINGS,
+    PROVENANCE_KEYS,
+    build_network,
+    check_settings,
+    check_trusted,
+    load_weights,
+    sha256_file,
+)
 
 __all__ = [
     "MODELS_DIR",
@@ -34,6 +41,8 @@ __all__ = [
     "load_packaged",
     "load_model_folder",
     "is_model_folder",
+    "sha256_file",
+    "weights_path",
     "export_model",
 ]
 
@@ -93,22 +102,37 @@ def read_metadata(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / METADATA_NAME
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BtsInputError(path, f"cannot read model metadata ({exc})") from exc
     validate_metadata(meta, path)
     return meta
 
 
 def validate_metadata(meta: dict[str, Any], path: str | os.PathLike[str] | None = None) -> None:
-    """Check every field is present and the modalities/labels agree with the network's channels.
+    """Check every field is present, the modalities/labels agree with the network's channels, the
+    inference settings are in range and the weights entry names a file and its sha256.
 
     Raises:
         BtsInputError: a missing field or an inconsistency.
     """
+    if not isinstance(meta, dict):
+        raise BtsInputError(path, "model metadata is not a JSON object")
     missing = [f for f in METADATA_FIELDS if f not in meta]
     if missing:
         raise BtsInputError(path, f"model metadata lacks {', '.join(missing)}")
-    inf, net_args = meta["inference"], meta["network"]["init_args"]
+    try:
+        _check_consistent(meta, path)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, BtsInputError):
+            raise
+        raise BtsInputError(path, f"malformed model metadata ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_consistent(meta: dict[str, Any], path: str | os.PathLike[str] | None) -> None:
+    inf, network, weights = meta["inference"], meta["network"], meta["weights"]
+    if not isinstance(network.get("class_path"), str) or not isinstance(network.get("init_args"), dict):
+        raise BtsInputError(path, "network must give class_path and init_args")
+    net_args = network["init_args"]
     scheme = get_scheme(inf["scheme"])
     if net_args.get("in_channels") != len(inf["modalities"]):
         raise BtsInputError(path, f"network has {net_args.get('in_channels')} inputs but {inf['modalities']}")
@@ -121,14 +145,24 @@ def validate_metadata(meta: dict[str, Any], path: str | os.PathLike[str] | None 
         raise BtsInputError(path, f"output labels {meta['output_label_values']} differ from {scheme.all_values}")
     if list(meta["regions"]) != scheme.region_names:
         raise BtsInputError(path, f"regions {list(meta['regions'])} differ from {scheme.region_names}")
+    absent = [k for k in INFERENCE_SETTINGS if k not in inf]
+    if absent:
+        raise BtsInputError(path, f"inference lacks the settings {', '.join(absent)}")
+    check_settings(inf, int(inf["spatial_dims"]), path)
+    if not isinstance(weights.get("file"), str) or not weights["file"]:
+        raise BtsInputError(path, "weights.file must name the weights file")
+    if not isinstance(weights.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", weights["sha256"]):
+        raise BtsInputError(path, "weights.sha256 must be the weights file's SHA-256 (64 hex digits)")
 
 
-def load_packaged(name: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_packaged(
+    name: str, map_location: str | torch.device = "cpu", trusted: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build a packaged model: ``(network in eval mode, inference config)`` like ``load_checkpoint``.
 
     The weights load without unpickling anything (safetensors).
     """
-    return load_model_folder(model_dir(name), map_location)
+    return load_model_folder(model_dir(name), map_location, trusted)
 
 
 def is_model_folder(path: str | os.PathLike[str]) -> bool:
@@ -136,31 +170,97 @@ def is_model_folder(path: str | os.PathLike[str]) -> bool:
     return Path(path).is_dir() and (Path(path) / METADATA_NAME).is_file()
 
 
-def load_model_folder(
-    folder: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model of a packaged-model folder (see :func:`load_packaged`)."""
-    from safetensors.torch import load_file
+def weights_path(folder: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
+    """The weights file ``metadata.json`` names, checked to lie inside ``folder``.
 
-    from bts_monai.model.module import build_network
+    Raises:
+        BtsInputError: an absolute path, or one (or a link) leading out of the folder.
+    """
+    folder = Path(folder)
+    name = meta["weights"]["file"]
+    where = folder / METADATA_NAME
+    if Path(name).is_absolute():
+        raise BtsInputError(where, f"weights.file {name!r} must be a file name inside the model folder")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise BtsInputError(where, f"weights.file {name!r} leads outside the model folder")
+    return path
+
+
+def load_model_folder(
+    folder: str | os.PathLike[str], map_location: str | torch.device = "cpu", trusted: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model of a packaged-model folder (see :func:`load_packaged`).
+
+    Before anything is imported or built, the network class must come from
+    :data:`~bts_monai.model.spec.TRUSTED_NETWORK_PACKAGES` (unless ``trusted``, as for checkpoints),
+    the weights file must lie inside the folder and match the SHA-256 recorded in
+    ``metadata.json``; then every tensor must fit the network and hold finite values.
+
+    Raises:
+        BtsInputError: one line naming the file and the problem.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     folder = Path(folder)
     meta = read_metadata(folder)
-    weights_path = folder / meta["weights"]["file"]
+    class_path = meta["network"]["class_path"]
+    check_trusted(class_path, folder / METADATA_NAME, trusted)
+    path = weights_path(folder, meta)
+    if not path.is_file():
+        raise BtsInputError(path, "packaged weights file does not exist")
+    digest = sha256_file(path)
+    if digest != meta["weights"]["sha256"]:
+        raise BtsInputError(
+            path,
+            f"SHA-256 {digest[:12]}... differs from the {meta['weights']['sha256'][:12]}... recorded in "
+            f"{METADATA_NAME}: the weights were changed or damaged",
+        )
     try:
-        state = load_file(str(weights_path), device="cpu")
-    except Exception as exc:
-        raise BtsInputError(weights_path, f"cannot read packaged weights ({type(exc).__name__}: {exc})") from exc
-    net = build_network(meta["network"]["class_path"], meta["network"]["init_args"])
-    net.load_state_dict({k: v.float() for k, v in state.items()})
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BtsInputError(path, f"cannot read packaged weights ({type(exc).__name__}: {exc})") from exc
+    try:
+        net = build_network(class_path, meta["network"]["init_args"])
+    except Exception as exc:  # jsonargparse and the network's own checks raise many types
+        raise BtsInputError(
+            folder / METADATA_NAME, f"cannot build network {class_path} ({type(exc).__name__}: {exc})"
+        ) from exc
+    load_weights(net, state, path)
     net.to(map_location).eval()
-    config = {"net": dict(meta["network"]), **meta["inference"], "model_name": meta["name"]}
+    config = {
+        "net": dict(meta["network"]),
+        **meta["inference"],
+        "model_name": meta["name"],
+        "model_version": meta["version"],
+        "model_source": str(folder),
+        "weights_sha256": digest,
+    }
     return net, config
 
 
-def _versions() -> dict[str, str]:
+PACKAGES: tuple[str, ...] = (
+    "bts_monai",
+    "torch",
+    "monai",
+    "numpy",
+    "nibabel",
+    "safetensors",
+    "pytorch-lightning",
+    "onnxruntime",
+    "openvino",
+)
+"""Packages whose installed versions models and reports record (those not installed are left out)."""
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the installed :data:`PACKAGES`' versions (read from package metadata, no imports)."""
+    import platform
+    from importlib import metadata as pkg_metadata
+
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "monai", "pytorch-lightning", "numpy", "nibabel", "bts_monai"):
+    for pkg in PACKAGES:
         try:
             out[pkg] = pkg_metadata.version(pkg)
         except pkg_metadata.PackageNotFoundError:
@@ -179,26 +279,37 @@ def export_model(
     reproduce: dict[str, Any] | None = None,
     data_license: str = "",
     version: str = "1.0.0",
+    trusted: bool = False,
 ) -> Path:
     """Turn a training checkpoint into a packaged model folder (float16 safetensors + metadata).
 
+    ``metadata.json`` carries everything inference needs: the network spec, the data settings and
+    the :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` training validated with (threshold,
+    window size, overlap and blending, mirror axes), and the weights' SHA-256.
+
     Returns:
         The model folder.
+
+    Raises:
+        BtsInputError: the checkpoint cannot be loaded, or the float16 weights are not finite.
     """
     from safetensors.torch import save_file
 
     from bts_monai.model.checkpoint import load_checkpoint
 
-    net, config = load_checkpoint(ckpt)
+    net, config = load_checkpoint(ckpt, trusted=trusted)
     scheme = get_scheme(config["scheme"])
     folder = Path(out_root) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_NAME
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+    overflow = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if overflow:
+        raise BtsInputError(ckpt, f"weight {overflow[0]} does not fit float16 (values beyond +-65504)")
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{WEIGHTS_NAME}.tmp"
     save_file(state, str(tmp))
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
-    inference = {k: v for k, v in config.items() if k != "net"}
+    os.replace(tmp, weights)
+    inference = {k: v for k, v in config.items() if k not in ("net", *PROVENANCE_KEYS)}
     meta = {
         "name": name,
         "version": version,
@@ -210,7 +321,7 @@ def export_model(
         "output_label_values": scheme.all_values,
         "training_data": training_data or {},
         "validation": validation or {},
-        "package_versions": _versions(),
+        "package_versions": package_versions(),
         "reproduce": reproduce or {},
         "intended_use": INTENDED_USE,
         "data_license": data_license,
@@ -218,8 +329,8 @@ def export_model(
             "file": WEIGHTS_NAME,
             "format": "safetensors",
             "dtype": "float16 (loaded as float32)",
-            "sha256": digest,
-            "bytes": (folder / WEIGHTS_NAME).stat().st_size,
+            "sha256": sha256_file(weights),
+            "bytes": weights.stat().st_size,
             "parameters": int(sum(v.numel() for v in state.values())),
         },
     }

@@ -1,0 +1,40 @@
+"""Import MONAI without the plotting and logging stacks it loads but inference never uses.
+
+``import monai`` (1.6) imports every MONAI submodule: ``monai.utils.jupyter_utils`` imports
+``matplotlib.pyplot`` and ``monai.visualize.img2tensorboard`` imports tensorboard, both eagerly.
+Inference uses neither, and they cost a noticeable part of ``bts-infer``'s start-up. While MONAI
+loads, the names below are marked absent in ``sys.modules`` (Python's documented way to make an
+import fail), so MONAI takes its own optional-import fallbacks for them; the marks are removed
+afterwards, so importing matplotlib or tensorboard later works as usual. Only MONAI's Jupyter and
+TensorBoard plotting helpers (``monai.utils.jupyter_utils``, ``monai.visualize``), which bts_monai
+does not use, are then unavailable in this process. Nothing happens when MONAI is already imported
+or when a name is already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["UNUSED_BY_INFERENCE", "import_monai"]
+
+UNUSED_BY_INFERENCE: tuple[str, ...] = ("matplotlib", "tensorboard", "tensorboardX")
+"""Top-level packages MONAI imports eagerly that inference does not need."""
+
+
+def import_monai() -> None:
+    """Import ``monai`` (all of it, as MONAI does) without :data:`UNUSED_BY_INFERENCE`."""
+    if "monai" in sys.modules:
+        return
+    blocked = [name for name in UNUSED_BY_INFERENCE if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import monai  # noqa: F401
+    finally:
+        # Every LoadImage logs that the optional GPU DICOM decoder is absent: nothing a user can act on,
+        # and it would break the CLIs' one-line errors.
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
