@@ -2,11 +2,17 @@
 
 Predictions and ground truth are files or folders; cases are paired by case id, taken from
 the file names (``<case>_seg.nii.gz``, ``<case>-seg.nii.gz``, ``<case>_pred.nii.gz`` or
-``<case>.nii.gz``) or, for the Kaggle LGG data, from the patient folder holding the
-``<patient>_<n>_mask.tif`` slices. Unpaired cases are reported, never silently dropped.
+``<case>.nii.gz``; the name rules live in :mod:`bts_monai.data.layouts`) or, for the Kaggle LGG
+data, from the patient folder holding the ``<patient>_<n>_mask.tif`` slices, which pairs with
+the multi-page ``<patient>_seg.tif`` ``bts-infer`` writes. Ground truth may also be a flat folder
+of ``<case>.nii.gz`` labels, such as an nnU-Net or MSD ``labelsTr/`` (a dataset folder holding
+``labelsTr/`` means that folder; its ``dataset.json`` then names the label scheme). Unpaired
+cases are reported, never silently dropped.
 
 Every pair must share its grid (shape and affine): nothing is resampled. The metrics are the
-ones training uses, from :mod:`bts_monai.model.metrics`.
+ones training uses, from :mod:`bts_monai.model.metrics`. Distances and volumes are in mm and mL
+at the NIfTI header's spacing; TIFF slices carry no spacing, so their columns are in pixels and
+say so (``hd95_px``, ``pred_area_px``...) unless a spacing is given.
 """
 
 from __future__ import annotations
@@ -15,8 +21,6 @@ import csv
 import logging
 import math
 import os
-import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +30,10 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from bts_monai.data import layouts
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, get_scheme
-from bts_monai.model.metrics import METRIC_NAMES, region_metrics
+from bts_monai.model.metrics import EMPTY_HD95, LESION_MISS_HD95, METRIC_NAMES, region_metrics
 from bts_monai.model.metrics import lesion_wise as lesion_wise_scores
 
 __all__ = [
@@ -36,6 +41,7 @@ __all__ = [
     "EvaluationResult",
     "STATISTICS",
     "case_id",
+    "empty_hd95",
     "evaluate",
     "find_cases",
     "format_summary",
@@ -55,13 +61,25 @@ STATISTICS = ("mean", "std", "median", "p25", "p75")
 
 # Schemes "auto" chooses between for NIfTI, first fit wins; BraTS 2024 must be asked for.
 _AUTO_NIFTI_SCHEMES = ("brats2021", "brats2023", "lgg")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_CASE_SUFFIXES = ("_seg", "-seg", "_pred", "-pred")
-_GT_SUFFIXES = ("_seg", "-seg")
-_MASK_SLICE = re.compile(r"_(\d+)_mask\.tiff?$", re.IGNORECASE)
-_AFFINE_ATOL = 1e-4
 _LESION_KEYS = ("dice", "hd95", "tp", "fn", "fp")
 _SUMMARY_CASE_ID = "summary"
+# The BraTS 2023 code scores a region that exactly one side leaves empty 374 mm; the 2017-2021
+# evaluator 373.13 mm (the 240x240x155 diagonal). Other schemes keep the legacy value.
+_EMPTY_HD95_BY_SCHEME = {"brats2023": LESION_MISS_HD95, "brats2024": LESION_MISS_HD95}
+# Column renames for inputs without a physical spacing (TIFF slices): pixels, by name.
+_PIXEL_COLUMNS = {
+    "hd95": "hd95_px",
+    "pred_volume_ml": "pred_area_px",
+    "ref_volume_ml": "ref_area_px",
+    "lesion_hd95": "lesion_hd95_px",
+}
+_DISTANCE_COLUMNS = ("hd95", "lesion_hd95")
+
+
+def empty_hd95(scheme: str | LabelScheme) -> float:
+    """HD95 of a region exactly one of prediction and ground truth leaves empty, in ``scheme``:
+    374 for BraTS 2023/2024 (the 2023 reference code), 373.13 otherwise (BraTS 2017-2021)."""
+    return _EMPTY_HD95_BY_SCHEME.get(get_scheme(scheme).name, EMPTY_HD95)
 
 
 @dataclass(frozen=True)
@@ -101,18 +119,29 @@ class EvaluationResult:
 # --------------------------------------------------------------------------- discovery
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(_NIFTI_SUFFIXES)
-
-
 def _mask_slices(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_file() and _MASK_SLICE.search(p.name) and not p.name.startswith(".")]
+    return [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and layouts.is_tiff_path(p) and _mask_number(p) is not None
+    ]
+
+
+def _mask_number(path: Path) -> int | None:
+    """The slice number of an LGG mask ``<patient>_<n>_mask.tif``, else ``None``."""
+    parsed = layouts.parse_lgg_slice(path.name)
+    return parsed.number if parsed is not None and parsed.mask else None
+
+
+def _is_seg_tiff(path: Path) -> bool:
+    """A (multi-page) TIFF segmentation, as ``bts-infer`` writes for an LGG patient, not a slice."""
+    return path.is_file() and layouts.is_tiff_path(path) and layouts.parse_lgg_slice(path.name) is None
 
 
 def _is_case_source(path: Path) -> bool:
-    """A single NIfTI file or an LGG patient folder of mask slices."""
+    """A single NIfTI file, a TIFF segmentation, or an LGG patient folder of mask slices."""
     if path.is_file():
-        return _is_nifti(path)
+        return layouts.is_nifti_path(path) or _is_seg_tiff(path)
     return path.is_dir() and bool(_mask_slices(path))
 
 
@@ -121,45 +150,67 @@ def case_id(path: PathLike) -> str:
 
     ``BraTS2021_00000_seg.nii.gz``, ``BraTS2021_00000.nii.gz`` and ``BraTS2021_00000_pred.nii.gz``
     all give ``BraTS2021_00000``; ``BraTS-GLI-00000-000-seg.nii.gz`` gives ``BraTS-GLI-00000-000``;
-    a folder ``TCGA_CS_4941_19960909`` gives its own name.
+    ``TCGA_CS_4941_19960909_seg.tif`` and a folder ``TCGA_CS_4941_19960909`` give the patient id.
     """
     path = Path(path)
-    name = path.name
     if path.is_dir():
-        return name
-    for ext in _NIFTI_SUFFIXES:
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    for suffix in _CASE_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+        return path.name
+    return layouts.segmentation_case_id(path.name)
+
+
+def label_folder(path: PathLike) -> Path:
+    """Where a ground-truth argument's labels are: an nnU-Net or MSD dataset folder's ``labelsTr/``,
+    otherwise the path itself."""
+    root = Path(path)
+    labels = root / "labelsTr"
+    return labels if root.is_dir() and labels.is_dir() else root
+
+
+def _flat_labels(folder: Path) -> list[Path]:
+    """The NIfTI files directly in ``folder`` that are labels: all of them in a ``labelsTr/``;
+    elsewhere all but BraTS-named images (``<case>_flair.nii.gz``...) and nnU-Net channel files."""
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and layouts.is_nifti_path(p)
+    )
+    if folder.name == "labelsTr":
+        return files
+    return [
+        p
+        for p in files
+        if layouts.parse_modality_file(p.name, strict=False) is None and layouts.parse_nnunet_image(p.name) is None
+    ]
 
 
 def find_cases(path: PathLike, ground_truth: bool = False) -> list[Path]:
-    """Segmentations under ``path``: NIfTI files and LGG patient folders, searched recursively.
+    """Segmentations under ``path``: NIfTI files, TIFF segmentations and LGG patient folders,
+    searched recursively.
 
     Args:
-        path: a NIfTI file, an LGG patient folder, or a folder holding either (at any depth).
-        ground_truth: keep only ``*_seg``/``*-seg`` NIfTI files, so the image volumes of a
-            BraTS case folder are not taken for labels.
+        path: a NIfTI or TIFF file, an LGG patient folder, or a folder holding them (at any depth).
+        ground_truth: look for labels: an nnU-Net/MSD dataset folder means its ``labelsTr/``;
+            otherwise ``*_seg``/``*-seg`` NIfTI files (so the image volumes of a BraTS case
+            folder are not taken for labels) and LGG patient folders; a folder with none of
+            those is read as a flat folder of ``<case>.nii.gz`` labels.
 
     Returns:
         The segmentation files and LGG patient folders, sorted.
 
     Raises:
-        BtsInputError: when ``path`` does not exist or is neither a NIfTI file nor a folder.
+        BtsInputError: when ``path`` does not exist or is neither a segmentation file nor a folder.
     """
-    root = Path(path)
+    root = label_folder(path) if ground_truth else Path(path)
     if not root.exists():
         raise BtsInputError(root, "does not exist")
     if root.is_file():
-        if not _is_nifti(root):
-            raise BtsInputError(root, "is neither a NIfTI file (.nii, .nii.gz) nor a folder")
+        if not (layouts.is_nifti_path(root) or layouts.is_tiff_path(root)):
+            raise BtsInputError(root, "is neither a NIfTI file (.nii, .nii.gz), a TIFF segmentation nor a folder")
+        if layouts.is_tiff_path(root) and not _is_seg_tiff(root):
+            raise BtsInputError(root, "is one LGG slice; give its patient folder (or a <patient>_seg.tif stack)")
         return [root]
     if _is_case_source(root):
         return [root]
+    if ground_truth and root.name == "labelsTr":
+        return _flat_labels(root)
     found: list[Path] = []
     seen: set[str] = set()
     # Links are followed (datasets are often split into folders of links); `seen` stops loops.
@@ -173,21 +224,19 @@ def find_cases(path: PathLike, ground_truth: bool = False) -> list[Path]:
         here = Path(dirpath)
         for name in sorted(filenames):
             file = here / name
-            if name.startswith(".") or not _is_nifti(file):
+            if name.startswith("."):
                 continue
-            if ground_truth and not _stem(name).endswith(_GT_SUFFIXES):
-                continue
-            found.append(file)
-        if here != root and any(_MASK_SLICE.search(n) for n in filenames):
+            if layouts.is_nifti_path(name):
+                if ground_truth and not layouts.is_ground_truth_name(name):
+                    continue
+                found.append(file)
+            elif not ground_truth and _is_seg_tiff(file):
+                found.append(file)
+        if here != root and any(_mask_number(Path(n)) is not None for n in filenames):
             found.append(here)
+    if ground_truth and not found:
+        found = _flat_labels(root)
     return sorted(found)
-
-
-def _stem(name: str) -> str:
-    for ext in _NIFTI_SUFFIXES:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def _by_case(paths: Iterable[PathLike]) -> dict[str, Path]:
@@ -226,7 +275,7 @@ class _Segmentation:
     path: Path
     shape: tuple[int, ...]
     affine: np.ndarray | None  # None for TIFF stacks, which carry no geometry
-    spacing: tuple[float, ...]
+    spacing: tuple[float, ...] | None  # None for TIFF: pixels of unknown size
     read: Callable[[], np.ndarray]
 
     @property
@@ -235,9 +284,9 @@ class _Segmentation:
 
 
 def _open(path: Path) -> _Segmentation:
-    if path.is_dir():
-        stack = _read_mask_stack(path)
-        return _Segmentation(path, stack.shape, None, (1.0,) * stack.ndim, lambda: stack)
+    if path.is_dir() or layouts.is_tiff_path(path):
+        stack = _read_mask_stack(path) if path.is_dir() else _read_tiff_pages(path)
+        return _Segmentation(path, stack.shape, None, None, lambda: stack)
     try:
         image = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for damaged files
@@ -246,6 +295,7 @@ def _open(path: Path) -> _Segmentation:
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise BtsInputError(path, f"expected a 3-D label map, got shape {shape}")
     spatial = shape[:3]
+    # float32 zooms widened exactly: the spacing the BraTS reference code computes with.
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
 
     def read() -> np.ndarray:
@@ -266,39 +316,58 @@ def _as_labels(data: np.ndarray, path: Path) -> np.ndarray:
     return data.astype(np.int64)
 
 
+def _mask_page(mask: np.ndarray, where: str, path: Path) -> np.ndarray:
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):  # RGB(A)-saved greyscale mask
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise BtsInputError(path, f"{where}: expected a 2-D mask, got shape {mask.shape}")
+    return _as_labels(mask, path)
+
+
 def _read_mask_stack(folder: Path) -> np.ndarray:
     """LGG mask slices ``<patient>_<n>_mask.tif`` stacked in slice order into ``(H, W, N)``."""
     import tifffile
 
-    files = sorted(_mask_slices(folder), key=lambda p: int(_MASK_SLICE.search(p.name).group(1)))  # type: ignore[union-attr]
-    slices = []
+    files = sorted(_mask_slices(folder), key=lambda p: _mask_number(p) or 0)
+    slices: list[np.ndarray] = []
     for file in files:
         try:
-            mask = np.asarray(tifffile.imread(file))
+            raw = np.asarray(tifffile.imread(file))
         except Exception as exc:
             raise BtsInputError(file, f"cannot read TIFF mask ({exc})") from exc
-        if mask.ndim == 3 and mask.shape[-1] in (3, 4):  # RGB(A)-saved greyscale mask
-            mask = mask[..., 0]
-        if mask.ndim != 2:
-            raise BtsInputError(file, f"expected a 2-D mask slice, got shape {mask.shape}")
+        mask = _mask_page(raw, "slice", file)
         if slices and mask.shape != slices[0].shape:
             raise BtsInputError(file, f"slice shape {mask.shape} differs from {files[0].name} {slices[0].shape}")
         slices.append(mask)
     return np.stack(slices, axis=-1)
 
 
+def _read_tiff_pages(path: Path) -> np.ndarray:
+    """A TIFF segmentation (one page per slice, as ``bts-infer`` writes for an LGG patient, or one
+    page for one slice) as ``(H, W, N)``, the layout of :func:`_read_mask_stack`."""
+    import tifffile
+
+    pages: list[np.ndarray] = []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for index, page in enumerate(tif.pages):
+                mask = _mask_page(np.asarray(page.asarray()), f"page {index + 1}", path)
+                if pages and mask.shape != pages[0].shape:
+                    raise BtsInputError(path, f"page {index + 1} has shape {mask.shape}, page 1 {pages[0].shape}")
+                pages.append(mask)
+    except BtsInputError:
+        raise
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise BtsInputError(path, f"cannot read TIFF segmentation ({exc})") from exc
+    if not pages:
+        raise BtsInputError(path, "holds no image pages")
+    return np.stack(pages, axis=-1)
+
+
 def _check_geometry(pred: _Segmentation, gt: _Segmentation) -> None:
-    if pred.shape != gt.shape:
-        raise BtsInputError(
-            pred.path, f"shape {pred.shape} differs from ground truth {gt.path} shape {gt.shape}; nothing is resampled"
-        )
-    if pred.affine is not None and gt.affine is not None:
-        if not np.allclose(pred.affine, gt.affine, atol=_AFFINE_ATOL):
-            raise BtsInputError(
-                pred.path,
-                f"affine differs from ground truth {gt.path} "
-                f"({np.round(pred.affine, 4).tolist()} vs {np.round(gt.affine, 4).tolist()}); nothing is resampled",
-            )
+    layouts.check_same_grid(
+        pred.path, pred.shape, pred.affine, gt.path, gt.shape, gt.affine, suffix="; nothing is resampled"
+    )
 
 
 def _values(label: np.ndarray) -> set[int]:
@@ -348,32 +417,58 @@ def resolve_scheme(
 # --------------------------------------------------------------------------- evaluation
 
 
+def _case_spacing(g_seg: _Segmentation, spacing: Sequence[float] | None) -> tuple[float, ...] | None:
+    """The spacing (mm) to score a pair at: the ground truth's header, or ``spacing`` for TIFF
+    inputs (which carry none); ``None`` means pixels."""
+    if g_seg.spacing is not None:
+        if spacing is not None and not np.allclose(spacing, g_seg.spacing, atol=layouts.GRID_TOLERANCE_MM):
+            raise BtsInputError(
+                g_seg.path,
+                f"its header gives spacing {list(g_seg.spacing)} mm, not the --spacing {list(spacing)}; "
+                "--spacing is for TIFF slices, which carry none",
+            )
+        return g_seg.spacing
+    if spacing is None:
+        return None
+    if len(spacing) != len(g_seg.shape) or not all(s > 0 for s in spacing):
+        raise BtsInputError(
+            g_seg.path,
+            f"--spacing {list(spacing)} does not fit its {len(g_seg.shape)}-D shape {g_seg.shape} "
+            "(give one positive size in mm per axis: rows, columns, slices)",
+        )
+    return tuple(float(s) for s in spacing)
+
+
 def evaluate_case(
     pred: PathLike,
     gt: PathLike,
     scheme: str | LabelScheme = "auto",
     lesion_wise_metrics: bool = False,
     dilation: int = 3,
-    min_volume: int = 50,
+    min_volume: float = 50.0,
     case: str | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> tuple[list[dict[str, Any]], LabelScheme]:
     """Metrics of one prediction against its ground truth, one row per region.
 
     Args:
-        pred: prediction NIfTI file or LGG folder of mask slices.
+        pred: prediction NIfTI file, TIFF segmentation or LGG folder of mask slices.
         gt: ground-truth NIfTI file or LGG patient folder.
         scheme: a label scheme or its name, or ``"auto"`` (see :func:`evaluate`).
         lesion_wise_metrics: add the BraTS 2023 lesion-wise columns ``lesion_*``.
         dilation: lesion-wise dilation iterations.
-        min_volume: lesion-wise minimum lesion size (voxels).
+        min_volume: lesion-wise minimum lesion size in mm³ (in pixels for TIFF without ``spacing``).
         case: the case id for the rows (default: :func:`case_id` of ``gt``).
+        spacing: voxel size (mm) for TIFF inputs, whose slices carry none; NIfTI headers must agree.
 
     Returns:
-        The rows and the scheme used.
+        The rows and the scheme used. HD95 is in mm and volumes in mL; for TIFF inputs without
+        ``spacing`` the columns are renamed to pixel units (``hd95_px``, ``pred_area_px``,
+        ``ref_area_px``, ``lesion_hd95_px``).
 
     Raises:
-        BtsInputError: unreadable file, grid mismatch (naming both files) or label values
-            outside the scheme (naming the file).
+        BtsInputError: unreadable file, grid mismatch (naming both files), a ``spacing`` that
+            contradicts the header, or label values outside the scheme (naming the file).
     """
     pred_path, gt_path = Path(pred), Path(gt)
     p_seg, g_seg = _open(pred_path), _open(gt_path)
@@ -388,19 +483,43 @@ def evaluate_case(
         chosen = get_scheme(scheme)
     ref_regions = chosen.to_regions(g_lab, str(gt_path))
     pred_regions = chosen.to_regions(p_lab, str(pred_path))
-    spacing = g_seg.spacing
-    per_region = region_metrics(pred_regions, ref_regions, chosen.region_names, spacing)
+    used_spacing = _case_spacing(g_seg, spacing)
+    sp = used_spacing if used_spacing is not None else (1.0,) * len(g_seg.shape)
+    penalty = empty_hd95(chosen)
+    per_region = region_metrics(pred_regions, ref_regions, chosen.region_names, sp, empty_hd95=penalty)
     cid = case if case is not None else case_id(gt_path)
     rows: list[dict[str, Any]] = []
     for index, region in enumerate(chosen.region_names):
         row: dict[str, Any] = {"case_id": cid, "region": region, **per_region[region]}
         if lesion_wise_metrics:
             scores = lesion_wise_scores(
-                pred_regions[index], ref_regions[index], spacing, dilation=dilation, min_volume_voxels=min_volume
+                pred_regions[index], ref_regions[index], sp, dilation=dilation, min_volume_mm3=min_volume
             )
             row.update({f"lesion_{key}": scores[key] for key in _LESION_KEYS})
+        if used_spacing is None:
+            row = _in_pixels(row, int(pred_regions[index].sum()), int(ref_regions[index].sum()))
         rows.append(row)
     return rows, chosen
+
+
+def _in_pixels(row: dict[str, Any], pred_pixels: int, ref_pixels: int) -> dict[str, Any]:
+    """A row scored at 1 unit per pixel, its distance and size columns named in pixels: sizes
+    are pixel counts (over all slices), not mL; the one-empty HD95 penalty keeps its number."""
+    counts = {"pred_volume_ml": pred_pixels, "ref_volume_ml": ref_pixels}
+    return {_PIXEL_COLUMNS.get(key, key): counts.get(key, value) for key, value in row.items()}
+
+
+def _dataset_scheme(gt_root: Path) -> str | dict[str, Any] | None:
+    """The label scheme an MSD or nnU-Net ``dataset.json`` beside the labels names, if there is one."""
+    labels = label_folder(gt_root)
+    if labels.name != "labelsTr" or not labels.is_dir():
+        return None
+    js = labels.parent / "dataset.json"
+    if not js.is_file():
+        return None
+    from bts_monai.data.discovery import dataset_json_info
+
+    return dataset_json_info(js)["scheme"]
 
 
 def evaluate(
@@ -409,21 +528,29 @@ def evaluate(
     scheme: str | LabelScheme = "auto",
     lesion_wise: bool = False,
     dilation: int = 3,
-    min_volume: int = 50,
+    min_volume: float = 50.0,
+    spacing: Sequence[float] | None = None,
 ) -> EvaluationResult:
     """Evaluate predictions against ground truth, case by case and region by region.
 
     Args:
-        pred: a prediction file, LGG mask folder, or a folder of them.
+        pred: a prediction file (NIfTI, or the multi-page ``<patient>_seg.tif`` ``bts-infer``
+            writes for an LGG patient), an LGG mask folder, or a folder of them (BraTS
+            ``<case>_seg.nii.gz``, nnU-Net-style ``<case>.nii.gz``...).
         gt: a ground-truth file, LGG patient folder, or a dataset folder (BraTS
-            ``<case>_seg.nii.gz`` flat or in case folders, or LGG patient folders).
+            ``<case>_seg.nii.gz`` flat or in case folders, LGG patient folders, an nnU-Net/MSD
+            dataset or its ``labelsTr/``, or any flat folder of ``<case>.nii.gz`` labels).
             A prediction file (or LGG mask folder) given with a ``gt`` that holds one case is
             paired with it whatever the names.
         scheme: ``"brats2021"``, ``"brats2023"``, ``"lgg"`` (any :func:`get_scheme` name) or
-            ``"auto"``: lgg for TIFF masks; for NIfTI see :func:`resolve_scheme`.
+            ``"auto"``: the ``dataset.json`` beside a ``labelsTr/``; lgg for TIFF masks; for
+            other NIfTI see :func:`resolve_scheme`.
         lesion_wise: add BraTS 2023 lesion-wise Dice/HD95 and lesion counts.
         dilation: lesion-wise dilation iterations (BraTS-GLI: 3).
-        min_volume: lesion-wise minimum lesion size in voxels (BraTS-GLI: 50).
+        min_volume: lesion-wise minimum lesion size in mm³, as the BraTS 2023 code counts it
+            (BraTS-GLI: 50); pixels for TIFF inputs without ``spacing``.
+        spacing: voxel size (mm) per axis for TIFF inputs (rows, columns, slices); without it
+            their distances and sizes are reported in pixels.
 
     Returns:
         Rows, summary and the unmatched cases.
@@ -437,9 +564,13 @@ def evaluate(
     if not gt_found:
         raise BtsInputError(
             gt_root,
-            "no ground truth found: expected <case>_seg.nii.gz files (flat or in case folders) "
-            "or LGG patient folders of *_mask.tif slices",
+            "no ground truth found: expected <case>_seg.nii.gz files (flat or in case folders), "
+            "a flat folder of <case>.nii.gz labels (such as labelsTr/) or LGG patient folders of *_mask.tif slices",
         )
+    if isinstance(scheme, str) and scheme.lower() == "auto":
+        scheme = _dataset_scheme(gt_root) or scheme
+        if not isinstance(scheme, str):
+            scheme = get_scheme(scheme)
     if _is_case_source(pred_root) and len(gt_found) == 1:
         # One named prediction against one ground truth: the user paired them.
         match = CaseMatch(pairs=[(case_id(gt_found[0]), pred_root, gt_found[0])])
@@ -456,7 +587,14 @@ def evaluate(
     schemes: dict[str, str] = {}
     for cid, p_path, g_path in tqdm(match.pairs, desc="evaluating", unit="case", disable=None, leave=False):
         case_rows, used = evaluate_case(
-            p_path, g_path, scheme, lesion_wise_metrics=lesion_wise, dilation=dilation, min_volume=min_volume, case=cid
+            p_path,
+            g_path,
+            scheme,
+            lesion_wise_metrics=lesion_wise,
+            dilation=dilation,
+            min_volume=min_volume,
+            case=cid,
+            spacing=spacing,
         )
         rows.extend(case_rows)
         schemes[cid] = used.name
@@ -519,19 +657,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BtsInputError(path, f"cannot write ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
-            write(fh)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write through :func:`bts_monai.fileio.atomic_open` (temporary file, fsync, rename)."""
+    from bts_monai.fileio import atomic_open
+
+    with atomic_open(path, "wb") if binary else atomic_open(path, "w", newline="") as fh:
+        write(fh)
 
 
 def _format_value(value: Any) -> Any:
@@ -580,7 +710,7 @@ def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
 
     path = Path(path)
     columns = _metric_columns(rows)
-    metrics = [m for m in ("dice", "hd95", "lesion_dice", "lesion_hd95") if m in columns]
+    metrics = [m for m in ("dice", "hd95", "hd95_px", "lesion_dice", "lesion_hd95", "lesion_hd95_px") if m in columns]
     regions = list(dict.fromkeys(row["region"] for row in rows))
     fig = Figure(figsize=(4.0 * max(len(metrics), 1), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
@@ -589,7 +719,7 @@ def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
         data = [[float(r[metric]) for r in rows if r["region"] == region] for region in regions]
         ax.boxplot(data)
         ax.set_xticks(range(1, len(regions) + 1), regions)
-        ax.set_title(metric.replace("_", " ") + (" (mm)" if metric.endswith("hd95") else ""))
+        ax.set_title(_title(metric))
         ax.grid(axis="y", alpha=0.3)
     fmt = path.suffix.lstrip(".").lower() or "png"
     _atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120), binary=True)
@@ -597,17 +727,24 @@ def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
     return path
 
 
+def _title(metric: str) -> str:
+    if metric.endswith("_px"):
+        return metric[: -len("_px")].replace("_", " ") + " (pixels)"
+    return metric.replace("_", " ") + (" (mm)" if metric in _DISTANCE_COLUMNS else "")
+
+
 def format_summary(result: EvaluationResult) -> str:
     """A plain-text table of mean ± std per region, and the unmatched cases."""
     means = {row["region"]: row for row in result.summary if row["statistic"] == "mean"}
     stds = {row["region"]: row for row in result.summary if row["statistic"] == "std"}
-    shown = [m for m in (*METRIC_NAMES[:5], "lesion_dice", "lesion_hd95") if any(m in row for row in means.values())]
-    header = ["region", "cases", *[m + (" (mm)" if m.endswith("hd95") else "") for m in shown]]
+    candidates = (*METRIC_NAMES[:3], "hd95_px", *METRIC_NAMES[3:5], "lesion_dice", "lesion_hd95", "lesion_hd95_px")
+    shown = [m for m in candidates if any(m in row for row in means.values())]
+    header = ["region", "cases", *[m + (" (mm)" if m in _DISTANCE_COLUMNS else "") for m in shown]]
     table = [header]
     for region, mean in means.items():
         cells = [region, str(mean["cases"])]
         for metric in shown:
-            digits = 2 if metric.endswith("hd95") else 4
+            digits = 2 if "hd95" in metric else 4
             cells.append(f"{mean[metric]:.{digits}f} ± {stds[region][metric]:.{digits}f}")
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

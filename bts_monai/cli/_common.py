@@ -39,6 +39,7 @@ def exits_on_bad_input(fn: Callable[..., int]) -> Callable[..., int]:
 
 def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -> None:
     """The Predictor's speed options, shared by ``bts-infer`` and ``bts-serve``."""
+    from bts_monai.inference.backends import BACKENDS
     from bts_monai.inference.predictor import PRECISIONS
 
     speed = parser.add_argument_group(title)
@@ -56,8 +57,21 @@ def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -
         help="probability above which a voxel belongs to a region (default: the model's, as validated)",
     )
     speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
+    speed.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="what runs the network: auto (default: the fastest ONNX runtime installed on a CPU, "
+        "else torch), torch, onnxruntime, openvino",
+    )
+    speed.add_argument(
+        "--one-pass",
+        action="store_true",
+        help="run the network once over the whole brain box instead of overlapping windows, where it fits",
+    )
 
 
 def speed_options(args: argparse.Namespace) -> dict[str, object]:
     """The Predictor keyword arguments of :func:`add_speed_arguments`' options."""
-    return {k: getattr(args, k) for k in ("device", "threads", "overlap", "tta", "precision", "threshold")}
+    keys = ("device", "threads", "overlap", "tta", "precision", "backend", "one_pass", "threshold")
+    return {k: getattr(args, k) for k in keys}

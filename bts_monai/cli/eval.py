@@ -1,8 +1,11 @@
 """``bts-eval``: score predicted segmentations against ground truth.
 
-Example::
+Examples::
 
     bts-eval predictions/ BraTS2021_Training_Data/ -o metrics.csv --plot metrics.png --lesion-wise
+    bts-eval nnunet_predictions/ nnUNet_raw/Dataset137_BraTS2021/labelsTr/ -o metrics.csv
+    bts-eval TCGA_CS_4941_19960909_seg.tif kaggle_3m/TCGA_CS_4941_19960909/   # pixels
+    bts-eval lgg_predictions/ kaggle_3m/ --spacing 1 1 2.5                    # mm, mL
 """
 
 from __future__ import annotations
@@ -13,16 +16,31 @@ import sys
 from collections.abc import Sequence
 
 from bts_monai.errors import BtsInputError
+from bts_monai.labels import SCHEMES
 
 __all__ = ["build_parser", "main"]
 
-_SCHEMES = ("auto", "brats2021", "brats2023", "brats2024", "lgg")
+_SCHEMES = ("auto", *SCHEMES)
 
 
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive size in mm, got {text}")
     return value
 
 
@@ -35,20 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
             "segmentations against ground truth, paired by case id. Unmatched cases are listed."
         ),
     )
-    parser.add_argument("pred", help="prediction NIfTI file, LGG mask folder, or a folder of them")
-    parser.add_argument("gt", help="ground-truth file, case folder or dataset folder (BraTS or LGG)")
+    parser.add_argument("pred", help="prediction NIfTI file, LGG <patient>_seg.tif or mask folder, or a folder of them")
+    parser.add_argument(
+        "gt",
+        help="ground-truth file, case folder or dataset folder (BraTS, LGG, nnU-Net/MSD labelsTr, "
+        "or a flat folder of <case>.nii.gz labels)",
+    )
     parser.add_argument(
         "--scheme",
         choices=_SCHEMES,
         default="auto",
-        help="label scheme; auto: lgg for TIFF, brats2023 if the labels use its ET value, else brats2021",
+        help="label scheme; auto: the dataset.json beside labelsTr/, lgg for TIFF, brats2023 if the labels "
+        "use its ET value, else brats2021 (one-empty HD95: 374 for brats2023/2024, else 373.13)",
     )
     parser.add_argument("-o", "--output", metavar="CSV", help="write per-case rows and summary rows to this CSV")
     parser.add_argument("--plot", metavar="IMAGE", help="write box plots per region (png, pdf, svg)")
     parser.add_argument("--lesion-wise", action="store_true", help="add BraTS 2023 lesion-wise Dice and HD95")
     parser.add_argument("--dilation", type=_non_negative, default=3, help="lesion-wise dilation iterations (3)")
     parser.add_argument(
-        "--min-volume", type=_non_negative, default=50, help="lesion-wise: ignore lesions of this many voxels or fewer"
+        "--min-volume",
+        type=_non_negative_float,
+        default=50.0,
+        metavar="MM3",
+        help="lesion-wise: ignore lesions of this volume (mm³, as the BraTS 2023 code) or less (50); "
+        "pixels for TIFF without --spacing",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=_positive_float,
+        nargs=3,
+        metavar=("ROW", "COL", "SLICE"),
+        help="pixel size and slice step (mm) of TIFF slices, which carry none: HD95 in mm and volumes in mL "
+        "instead of hd95_px and area_px; NIfTI headers must agree with it",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each case")
     return parser
@@ -74,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lesion_wise=args.lesion_wise,
             dilation=args.dilation,
             min_volume=args.min_volume,
+            spacing=args.spacing,
         )
         if args.output:
             write_csv(result.rows, result.summary, args.output)

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-models", action="store_true", help="list the packaged models and exit")
     p.add_argument("-o", "--output", metavar="PATH", help="output file (one input) or folder (several)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (default: refuse them); an input of the run is never replaced",
+    )
     files = p.add_argument_group("explicit modality files (one case)")
     for m in BRATS_MODALITIES:
         alias = BRATS2023_NAMES[m]
@@ -186,6 +191,7 @@ def _main(argv: Sequence[str] | None) -> int:
         report=args.report,
         overlay=args.overlay,
         progress=not args.quiet and sys.stderr.isatty(),
+        overwrite=args.overwrite,
     )
     if len(results) == 1 and results[0].ok:
         r = results[0]

@@ -5,7 +5,8 @@ prints the complete configuration; ``--ckpt_path last`` resumes the run in ``def
 
 Besides the trainer, model and data sections, the CLI adds configurable callbacks that every run
 has: ``checkpoint`` (best by validation mean Dice, and last), ``early_stopping``,
-``learning_curve`` and ``overlays`` (PNGs in the run folder). Unless the config names loggers,
+``learning_curve`` and ``overlays`` (PNGs in the run folder), and ``stop_checkpoint`` (on SIGTERM,
+``checkpoints/last.ckpt`` is saved and the command exits with status 143). Unless the config names loggers,
 a run folder gets a CSV and a TensorBoard log; unless it names a ``precision``, one is chosen for
 the hardware (:func:`bts_monai.model.precision.auto_precision`).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,11 +29,12 @@ from typing import Any
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from bts_monai.cli._common import EXIT_BAD_INPUT, setup_logging
 from bts_monai.data.datamodule import BratsDataModule
 from bts_monai.errors import BtsInputError
-from bts_monai.model.callbacks import LearningCurvePlot, PredictionOverlays
+from bts_monai.model.callbacks import CheckpointOnStop, LearningCurvePlot, PredictionOverlays
 from bts_monai.model.module import BratsSegModule
 from bts_monai.model.precision import resolve_precision
 
@@ -40,6 +43,8 @@ __all__ = ["BtsLightningCLI", "default_loggers", "main"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT_DIR = "runs/bts"
+EXIT_SIGTERM = 128 + int(signal.SIGTERM)
+"""Exit status after a SIGTERM (143), as a shell reports a process the signal killed."""
 
 
 def default_loggers(root_dir: str) -> list[Any]:
@@ -71,6 +76,7 @@ class BtsLightningCLI(LightningCLI):
         )
         parser.add_lightning_class_args(LearningCurvePlot, "learning_curve")
         parser.add_lightning_class_args(PredictionOverlays, "overlays")
+        parser.add_lightning_class_args(CheckpointOnStop, "stop_checkpoint")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Fill in the run folder's loggers and checkpoint folder, and the precision, when not configured."""
@@ -103,13 +109,19 @@ def run_cli(args: Sequence[str] | dict[str, Any] | None = None, run: bool = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lightning`` and ``bts-train``; bad input exits with status 2 and one line."""
+    """Entry point of ``lightning`` and ``bts-train``; bad input exits with status 2 and one line.
+
+    A SIGTERM (a scheduler's stop, ``scancel``, ``kill``) saves ``last.ckpt`` and exits with 143.
+    """
     setup_logging()
     try:
         run_cli(argv)
     except BtsInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SIGTERMException:
+        print("stopped by SIGTERM; the run resumes with --ckpt_path last", file=sys.stderr)
+        return EXIT_SIGTERM
     return 0
 
 

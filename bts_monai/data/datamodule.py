@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from bts_monai.data.discovery import (
     select_split,
     write_datalist,
 )
+from bts_monai.data.sampling import EpochSampler, ResumableDataLoader, SeededDataset
 from bts_monai.data.transforms import deterministic_transforms, train_transforms, val_transforms
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, get_scheme
@@ -79,6 +81,10 @@ class BratsDataModule(pl.LightningDataModule):
             default-model configs so the reported split never moves.
         spatial_augment: add nnU-Net-style spatial and intensity augmentation (MONAI's
             ``RandAffined`` rotation/scaling, gamma, Gaussian noise and blur) to the flips.
+        augment_seed: seed of the training order and of every random transform (default: the
+            run's ``seed_everything`` seed, else 0). Each sample's augmentation is a function of
+            (seed, epoch, index) alone (:mod:`bts_monai.data.sampling`), so ``--ckpt_path last``
+            continues exactly where a stopped run was, even mid-epoch and with workers.
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class BratsDataModule(pl.LightningDataModule):
         check: bool = True,
         val_cases: list[str] | None = None,
         spatial_augment: bool = False,
+        augment_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +153,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.check = check
         self.val_cases = list(val_cases) if val_cases else None
         self.spatial_augment = spatial_augment
+        self.augment_seed = augment_seed
         self._scheme: LabelScheme | None = None
         self.train_entries: list[dict[str, Any]] = []
         self.val_entries: list[dict[str, Any]] = []
@@ -379,12 +387,43 @@ class BratsDataModule(pl.LightningDataModule):
             return PersistentDataset(items, transform, cache_dir=self.cache_dir)
         return Dataset(items, transform)
 
+    @property
+    def run_seed(self) -> int:
+        """The training order's and the augmentation's seed (see ``augment_seed``)."""
+        if self.augment_seed is None:
+            # Lightning's seed_everything exports it, also to DDP processes; every rank must agree.
+            self.augment_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return self.augment_seed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Kept in checkpoints: the augmentation seed, so a resumed run draws the same samples."""
+        return {"augment_seed": self.run_seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the augmentation seed of the checkpointed run."""
+        if state_dict.get("augment_seed") is not None:
+            self.augment_seed = int(state_dict["augment_seed"])
+
+    def _trained_batches(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled patches; MONAI's DataLoader flattens the per-case patch lists into the batch."""
-        return DataLoader(
-            self.train_ds,
+        """Shuffled patches; MONAI's DataLoader flattens the per-case patch lists into the batch.
+
+        Resumable (:class:`~bts_monai.data.sampling.ResumableDataLoader`): order and augmentation
+        depend on (seed, epoch, index) only, and a checkpoint records the batches already trained.
+        """
+        seed = self.run_seed
+        dataset = SeededDataset(self.train_ds, seed)
+        return ResumableDataLoader(
+            dataset,
+            EpochSampler(dataset, seed=seed, shuffle=True),
+            trained_batches=self._trained_batches,
+            generator_seed=seed,
             batch_size=self.batch_size,
-            shuffle=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -392,7 +431,14 @@ class BratsDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Whole volumes (or patient stacks), one at a time, always in the same order."""
-        return DataLoader(self.val_ds, batch_size=1, shuffle=False, num_workers=min(self.num_workers, 1))
+        # Its own generator: validating never moves torch's global one, which a resume restores.
+        return DataLoader(
+            self.val_ds,
+            batch_size=1,
+            shuffle=False,
+            num_workers=min(self.num_workers, 1),
+            generator=torch.Generator().manual_seed(0),
+        )
 
     def test_dataloader(self) -> DataLoader:
         """Same as validation."""

@@ -20,7 +20,7 @@ Sequences are matched to the model's modalities by ``SeriesDescription``/``Proto
 (:data:`MODALITY_RULES`), overridable per modality (``flair=<SeriesInstanceUID or description>``).
 Series on one grid pass through; otherwise :mod:`bts_monai.inference.registration` resamples them
 rigidly onto a reference series when asked (``register=True``), else it is an error naming both
-series. Skull stripping is not done: :func:`looks_unstripped` only warns.
+series. Skull stripping is not done: an unstripped-looking scan only gets a warning.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ __all__ = [
     "match_series",
     "load_series",
     "load_study",
-    "looks_unstripped",
     "parse_series_overrides",
     "same_grid",
     "lps_to_ras",
@@ -569,22 +568,41 @@ def load_study(
     for c, m in enumerate(modalities):
         if not image[c].any():
             raise BtsInputError(folder, f"{chosen[m].name} ({m}) is empty: every voxel is zero")
-    if looks_unstripped(image[modalities.index(ref_mod)]):
-        logger.warning(
-            "%s: the scan looks not skull-stripped (most voxels at the volume's border are non-zero); "
-            "the model was trained on skull-stripped BraTS scans, so expect poor results: strip the skull first",
-            folder,
-        )
+    from bts_monai.inference.io import warn_if_not_skull_stripped  # the one rule, shared with NIfTI input
+
+    warn_if_not_skull_stripped(folder, image)
     return DicomStudy(folder, image, ref.affine, ref, ref_mod, chosen, registrations)
 
 
-def looks_unstripped(volume: np.ndarray, border: int = 2, threshold: float = 0.5) -> bool:
-    """Whether a scan still shows the head around the brain: most voxels of its outer ``border``
-    voxels are non-zero. Skull-stripped scans (BraTS) are zero outside the brain."""
-    v = np.asarray(volume)
-    if min(v.shape) <= 2 * border:
-        return False
-    inner = v[border:-border, border:-border, border:-border]
-    n_border = v.size - inner.size
-    nonzero_border = int(np.count_nonzero(v)) - int(np.count_nonzero(inner))
-    return nonzero_border / max(n_border, 1) > threshold
+def loaded_case(case: Any, model: Any) -> Any:
+    """A :class:`~bts_monai.inference.io.CaseInput` of kind ``"dicom"`` read as a
+    :class:`~bts_monai.inference.io.LoadedCase` on the reference series' grid; the NIfTI outputs
+    get that grid's affine (qform/sform code 1, scanner), ``case.dicom`` the :class:`DicomStudy`.
+
+    Raises:
+        BtsInputError: see :func:`load_study`; a 2D TIFF model.
+    """
+    import nibabel as nib
+
+    from bts_monai.inference.io import LoadedCase
+
+    if model.tiff or model.spatial_dims != 3:
+        raise BtsInputError(case.source, f"holds DICOM series (3D volumes), but the checkpoint is {model.describe()}")
+    study = load_study(case.source, model.modalities, case.dicom_options)
+    shape = study.image.shape[1:]
+    ref = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), study.affine)
+    ref.set_qform(study.affine, code=1)
+    ref.set_sform(study.affine, code=1)
+    files = tuple(str(f) for s in study.series.values() for f in s.files)
+    out = LoadedCase(
+        case.case_id,
+        case.source,
+        "nifti",
+        study.image,
+        study.affine,
+        ref,
+        channels=tuple(model.modalities),
+        files=files,
+    )
+    out.dicom = study  # type: ignore[attr-defined]
+    return out

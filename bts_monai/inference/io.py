@@ -12,17 +12,17 @@ Input forms (:func:`expand_inputs` then :func:`resolve_input`, or :func:`explici
 
 :func:`load_case` reads a case and checks it (shapes and affines agree, no NaN/Inf, not all zero,
 NIfTI where NIfTI is due, 3D where the model is 3D), raising :class:`~bts_monai.errors.BtsInputError`
-that names the file and the problem. Every output file is written atomically
-(:class:`StagedFiles`): a temporary name in the same folder, renamed once everything is written.
+that names the file and the problem; the header and value checks are :mod:`bts_monai.data.checks`'s,
+shared with ``bts-datalist --verify``. Every output file is written atomically
+(:class:`~bts_monai.fileio.StagedFiles`): a temporary name in the same folder, renamed once
+everything is written, never over an input of the run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from bts_monai.data import layouts
+from bts_monai.data.checks import check_voxels, load_nifti
 from bts_monai.data.discovery import LGG_CHANNELS
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import StagedFiles, atomic_path
 
 __all__ = [
     "LGG_CHANNELS",
@@ -49,6 +51,7 @@ __all__ = [
     "is_nifti_path",
     "is_tiff_path",
     "strip_image_suffix",
+    "warn_if_not_skull_stripped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +103,7 @@ class CaseInput:
         channel_order: names of a 4D file's channels along its last axis (default: the model's).
         scheme: the label scheme of the dataset the case comes from (BraTS 2023 names: ``brats2023``;
             an nnU-Net set: its ``dataset.json``'s), for writing its labels; ``None`` when unknown.
+        dicom_options: how to read a ``"dicom"`` study folder (:class:`~bts_monai.inference.dicom.DicomOptions`).
     """
 
     case_id: str
@@ -109,6 +113,7 @@ class CaseInput:
     slices: list[str] = field(default_factory=list)
     channel_order: tuple[str, ...] | None = None
     scheme: Any = None
+    dicom_options: Any = None
 
 
 @dataclass
@@ -126,6 +131,7 @@ class LoadedCase:
         slices: TIFF slice paths (``[]`` for NIfTI).
         channels: channel names of ``image``.
         scheme: the input dataset's label scheme (:attr:`CaseInput.scheme`), ``None`` when unknown.
+        files: every file the case was read from (outputs are never written over them).
     """
 
     case_id: str
@@ -137,6 +143,7 @@ class LoadedCase:
     slices: list[str] = field(default_factory=list)
     channels: tuple[str, ...] = ()
     scheme: Any = None
+    files: tuple[str, ...] = ()
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -261,6 +268,13 @@ def _is_case_folder(folder: Path) -> bool:
     return bool(_brats_files(folder)[0]) or bool(_tiff_slices(folder)) or len(_nnunet_sets(folder)) == 1
 
 
+def _is_dicom_study(folder: Path) -> bool:
+    """A folder given by the user that holds DICOM files (at any depth) and no other case."""
+    from bts_monai.inference.dicom import holds_dicom
+
+    return holds_dicom(folder)
+
+
 def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """The cases the user's paths stand for: files and case folders as given, and the cases
     found at any depth inside a folder of cases.
@@ -277,7 +291,7 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if not path.is_dir() or _is_case_folder(path):
+        if not path.is_dir() or _is_case_folder(path) or _is_dicom_study(path):
             out.append(path)
             continue
         found = _cases_in(path)
@@ -345,8 +359,13 @@ def resolve_input(
             (case, files), = sets.items()
             return _nnunet_case(case, files, model, channel_order, src)
         if not brats:
+            from bts_monai.inference.dicom import holds_dicom
+
+            if holds_dicom(path):  # a DICOM study folder (bts_monai.inference.dicom)
+                return CaseInput(path.name, "dicom", src)
             raise BtsInputError(
-                path, "no BraTS modality files (<case>_flair.nii.gz, <case>-t2f.nii.gz...) or TIFF slices here"
+                path,
+                "no BraTS modality files (<case>_flair.nii.gz, <case>-t2f.nii.gz...), TIFF slices or DICOM files here",
             )
         if model.tiff:
             raise BtsInputError(path, f"holds NIfTI volumes, but the checkpoint is {model.describe()}")
@@ -439,21 +458,7 @@ def explicit_case(
 
 # ---- reading and checking ----------------------------------------------------------------------
 def _nib_load(path: Path) -> Any:
-    import nibabel as nib
-
-    if not path.exists():
-        raise BtsInputError(path, "does not exist")
-    if not path.is_file():
-        raise BtsInputError(path, "is a folder, not a NIfTI file")
-    if not is_nifti_path(path):
-        raise BtsInputError(path, "not a NIfTI file (expected .nii or .nii.gz)")
-    try:
-        img = nib.load(path)
-    except Exception as exc:  # nibabel raises many types for foreign or corrupt files
-        raise BtsInputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise BtsInputError(path, f"not a NIfTI image ({type(img).__name__})")
-    return img
+    return load_nifti(path)
 
 
 def _squeezed_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -490,11 +495,7 @@ def _read_voxels(path: Path, img: Any, out: np.ndarray, what: str = "") -> None:
 
 
 def _check_values(path: Path | str, arr: np.ndarray, what: str = "") -> None:
-    if not np.isfinite(arr).all():
-        n = int(arr.size - np.isfinite(arr).sum())
-        raise BtsInputError(path, f"{what}contains {n} NaN or Inf voxels")
-    if not arr.any():
-        raise BtsInputError(path, f"{what}is empty: every voxel is zero")
+    check_voxels(path, arr, what)
 
 
 def load_case(case: CaseInput, model: ModelInputs) -> LoadedCase:
@@ -505,9 +506,31 @@ def load_case(case: CaseInput, model: ModelInputs) -> LoadedCase:
     """
     if case.kind == "tiff":
         return _load_tiff(case, model)
-    if case.kind == "nifti4d":
-        return _load_nifti4d(case, model)
-    return _load_nifti(case, model)
+    if case.kind == "dicom":
+        from bts_monai.inference.dicom import loaded_case
+
+        return loaded_case(case, model)
+    loaded = _load_nifti4d(case, model) if case.kind == "nifti4d" else _load_nifti(case, model)
+    warn_if_not_skull_stripped(loaded.source, loaded.image)
+    return loaded
+
+
+def warn_if_not_skull_stripped(source: str | os.PathLike[str], image: np.ndarray) -> bool:
+    """Log one warning when ``image`` does not look like skull-stripped MRI (most of the volume's
+    border non-zero, see :func:`~bts_monai.data.transforms.border_nonzero_fraction`); returns
+    whether it warned. The models are trained on skull-stripped, zero-background scans."""
+    from bts_monai.data.transforms import NOT_SKULL_STRIPPED, border_nonzero_fraction
+
+    share = border_nonzero_fraction(image)
+    if share <= NOT_SKULL_STRIPPED:
+        return False
+    logger.warning(
+        "%s: does not look like skull-stripped MRI (%.0f%% of the voxels on the volume's border are non-zero); "
+        "the model was trained on skull-stripped scans with a zero background, expect a poor segmentation",
+        source,
+        100 * share,
+    )
+    return True
 
 
 def _load_nifti(case: CaseInput, model: ModelInputs) -> LoadedCase:
@@ -532,7 +555,14 @@ def _load_nifti(case: CaseInput, model: ModelInputs) -> LoadedCase:
         _read_voxels(Path(case.files[m]), img, data[c])
         img.uncache()
     return LoadedCase(
-        case.case_id, case.source, "nifti", data, np.asarray(images[0].affine), images[0], channels=model.modalities
+        case.case_id,
+        case.source,
+        "nifti",
+        data,
+        np.asarray(images[0].affine),
+        images[0],
+        channels=model.modalities,
+        files=tuple(case.files[m] for m in model.modalities),
     )
 
 
@@ -572,7 +602,10 @@ def _load_nifti4d(case: CaseInput, model: ModelInputs) -> LoadedCase:
         _check_values(path, data[c], f"channel {order.index(m)} ({m}) ")
     del raw
     img.uncache()
-    return LoadedCase(case.case_id, case.source, "nifti", data, np.asarray(img.affine), img, channels=model.modalities)
+    aff = np.asarray(img.affine)
+    return LoadedCase(
+        case.case_id, case.source, "nifti", data, aff, img, channels=model.modalities, files=(str(path),)
+    )
 
 
 def _load_tiff(case: CaseInput, model: ModelInputs) -> LoadedCase:
@@ -598,6 +631,7 @@ def _load_tiff(case: CaseInput, model: ModelInputs) -> LoadedCase:
         None,
         slices=list(case.slices),
         channels=model.modalities,
+        files=tuple(case.slices),
     )
 
 
@@ -638,78 +672,14 @@ def nifti_like(data: np.ndarray, reference: Any, dtype: Any = np.uint8, slope: f
         img.set_sform(sform, code=scode)
         img.header.set_intent("none")
         img.header["cal_min"], img.header["cal_max"] = 0, 0
+        # Header extensions and free-text fields may carry patient data (DICOM tags, names): not copied.
+        img.header.extensions.clear()
+        for text_field in ("descrip", "aux_file", "db_name"):
+            if text_field in img.header.keys():
+                img.header[text_field] = b""
     img.header.set_data_dtype(dtype)
     if slope is not None:
         img.header.set_slope_inter(slope, 0.0)
     else:
         img.header.set_slope_inter(1.0, 0.0)
     return img
-
-
-class StagedFiles:
-    """Write several files atomically as one: each to a temporary name beside its target, all
-    renamed into place on :meth:`commit`; :meth:`discard` (or an exception inside ``with``)
-    removes the temporaries, so an error or Ctrl-C leaves no half-written output.
-
-    Example:
-        >>> with StagedFiles() as staged:                       # doctest: +SKIP
-        ...     staged.add("out.nii.gz", lambda tmp: nib.save(img, tmp))
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-
-    def add(self, target: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
-        """Call ``write(tmp)`` now with a temporary path that keeps ``target``'s extension."""
-        target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{target.name}")
-        self._pending.append((tmp, target))
-        write(tmp)
-        return target
-
-    @property
-    def targets(self) -> list[Path]:
-        """The files this stage will create."""
-        return [t for _, t in self._pending]
-
-    def commit(self) -> list[Path]:
-        """Rename every temporary onto its target; returns the targets."""
-        done = []
-        for tmp, target in self._pending:
-            os.replace(tmp, target)
-            done.append(target)
-        self._pending = []
-        return done
-
-    def discard(self) -> None:
-        """Remove the temporaries written so far."""
-        for tmp, _ in self._pending:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        self._pending = []
-
-    def __enter__(self) -> StagedFiles:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-
-
-@contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path for one file, renamed onto ``target`` when the block ends without error."""
-    staged = StagedFiles()
-    holder: list[Path] = []
-    staged.add(target, holder.append)
-    try:
-        yield holder[0]
-    except BaseException:
-        staged.discard()
-        raise
-    staged.commit()

@@ -30,7 +30,9 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import ProtectedFiles, check_writable, refuse_overwrite
 from bts_monai.inference import geometry
+from bts_monai.inference.backends import make_backend
 from bts_monai.inference.display import DEFAULT_CONVENTION, check_convention
 from bts_monai.inference.io import (
     CaseInput,
@@ -57,8 +59,10 @@ __all__ = [
     "Predictor",
     "Prediction",
     "CaseResult",
+    "check_inference_config",
     "default_model_path",
     "one_line",
+    "output_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,10 @@ NO_DEFAULT_MODEL = (
 
 PROBABILITY_SCALE = 32767
 """Probabilities are stored as int16 with ``scl_slope = 1/32767`` (NIfTI has no float16)."""
+
+ONE_PASS_MAX_ROIS = 2.0
+"""``one_pass`` runs the network once over the padded brain box when the box holds at most this
+many windows' worth of voxels (peak memory grows with the box; beyond it, overlapping windows)."""
 
 CONFIG_KEYS = ("modalities", "scheme", "label_mode", "spatial_dims", "roi_size", "intensity")
 
@@ -145,9 +153,11 @@ class Prediction:
         probabilities: bool = False,
         report: str | os.PathLike[str] | None = None,
         overlay: str | os.PathLike[str] | None = None,
+        overwrite: bool = True,
     ) -> list[Path]:
         """Write the segmentation (and optionally per-region probabilities, the report and the
-        overlay PNG) atomically: all files appear together or none does.
+        overlay PNG) atomically: all files appear together or none does, and never over a file
+        the case was read from.
 
         Args:
             path: the segmentation: ``.nii.gz``/``.nii`` for NIfTI inputs; for TIFF inputs ``.tif``
@@ -155,9 +165,14 @@ class Prediction:
             probabilities: also write ``<name>_prob_<REGION>.nii.gz`` beside it.
             report: a ``.json`` or ``.csv`` path for this case's volumes.
             overlay: a ``.png`` path for the three-plane overlay.
+            overwrite: replace existing files (other than the case's inputs); ``False`` refuses them.
 
         Returns:
             The files written.
+
+        Raises:
+            BtsInputError: a bad output name, an output that is an input of the case (or exists,
+                without ``overwrite``), or a file that cannot be written; nothing is written then.
         """
         path = Path(path)
         _check_seg_path(path, self.case.kind)
@@ -165,8 +180,10 @@ class Prediction:
             check_report_path(report)
         if overlay is not None:
             _check_png(overlay)
-        staged = StagedFiles()
+        staged = StagedFiles(protect=self.case.files, overwrite=overwrite)
         try:
+            for target in output_files(path, self.region_names, probabilities, report, overlay):
+                staged.check(target)  # all refusals before any work
             self._stage(staged, path, probabilities)
             if overlay is not None:
                 png = png_bytes(self.overlay())
@@ -197,7 +214,27 @@ class Prediction:
             for name, prob in zip(self.region_names, self.probabilities):
                 q = np.rint(np.clip(prob, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.int16)
                 pimg = nifti_like(q, case.reference, np.int16, slope=1.0 / PROBABILITY_SCALE)
-                staged.add(base.with_name(f"{base.name}_prob_{name}.nii.gz"), lambda tmp, im=pimg: nib.save(im, tmp))
+                staged.add(_probability_path(base, name), lambda tmp, im=pimg: nib.save(im, tmp))
+
+
+def output_files(
+    seg_path: str | os.PathLike[str],
+    region_names: Sequence[str],
+    probabilities: bool = False,
+    report: str | os.PathLike[str] | None = None,
+    overlay: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Every file :meth:`Prediction.save` writes for these arguments, in writing order."""
+    seg = Path(seg_path)
+    out = [seg]
+    if probabilities:
+        out += [_probability_path(_probability_base(seg), name) for name in region_names]
+    out += [Path(p) for p in (overlay, report) if p is not None]
+    return out
+
+
+def _probability_path(base: Path, region: str) -> Path:
+    return base.with_name(f"{base.name}_prob_{region}.nii.gz")
 
 
 def _probability_base(seg_path: Path) -> Path:
@@ -266,6 +303,13 @@ class Predictor:
             ``neurological`` (see :mod:`bts_monai.inference.display`).
         progress_callback: ``progress_callback(done, total)`` after each batch of sliding windows
             of a case (windows done, windows in the case), from the thread running the inference.
+        backend: what runs the network: ``auto`` (default: the fastest ONNX runtime installed on a
+            CPU, torch on a GPU or with none installed), ``torch``, ``onnxruntime``, ``openvino``
+            (see :mod:`~bts_monai.inference.backends`).
+        onnx_path: the network's ONNX export (default: the packaged model's, else exported once
+            into the cache, keyed by the checkpoint's SHA-256).
+        one_pass: run the network once over the whole padded brain box instead of overlapping
+            windows, when the box is at most :data:`ONE_PASS_MAX_ROIS` windows' volume.
         threshold, sw_mode, roi_size, mirror_axes: override the model's saved
             :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` (sigmoid threshold, window blending
             and size, test-time mirror axes); by default the Predictor runs as validation did.
@@ -290,14 +334,15 @@ class Predictor:
         channels_last: bool = False,
         convention: str = DEFAULT_CONVENTION,
         progress_callback: Callable[[int, int], None] | None = None,
+        backend: str = "auto",
+        onnx_path: str | os.PathLike[str] | None = None,
+        one_pass: bool = False,
         threshold: float | None = None,
         sw_mode: str | None = None,
         roi_size: Sequence[int] | None = None,
         mirror_axes: Sequence[int] | None = None,
     ) -> None:
-        missing = [k for k in CONFIG_KEYS if k not in config]
-        if missing:
-            raise ValueError(f"inference config lacks {', '.join(missing)}")
+        check_inference_config(net, config)
         overrides = {
             "threshold": threshold,
             "sw_overlap": overlap,
@@ -338,6 +383,17 @@ class Predictor:
         self.net = net.to(self.device).eval()
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.backend = make_backend(
+            backend,
+            self.net,
+            self.config,
+            onnx_path=onnx_path or self.config.get("onnx_file"),
+            precision=self.precision,
+            threads=threads,
+            channels_last=self.channels_last,
+            device=self.device,
+        )
+        self.one_pass = bool(one_pass)
         self.sw_batch_size = int(sw_batch_size or (1 if self.device.type == "cpu" else 4))
         roi = list(self.settings["sw_roi_size"])
         if len(roi) != self.spatial_dims:
@@ -376,6 +432,10 @@ class Predictor:
                 net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
         except BtsInputError as exc:
             raise one_line(exc) from exc
+        try:
+            check_inference_config(net, config)
+        except ValueError as exc:
+            raise BtsInputError(path, f"unusable model: {exc}") from exc
         return cls(net, config, **kwargs)
 
     @classmethod
@@ -414,21 +474,8 @@ class Predictor:
 
     # ---- the network over a volume ----------------------------------------------------------
     def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        net, dims = self.net, self.spatial_dims
+        once, dims = self.backend, self.spatial_dims
         flips = _flip_sets(self.mirror_axes) if self.tta else [()]
-        autocast = self.precision == "bf16"
-        channels_last = self.channels_last
-
-        def once(x: torch.Tensor) -> torch.Tensor:
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            if autocast:
-                with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                    out = net(x)
-            else:
-                out = net(x)
-            out = _main_output(out, x.ndim)
-            return out.float().contiguous()
 
         def forward(window: torch.Tensor) -> torch.Tensor:
             if dims == 2:
@@ -454,11 +501,28 @@ class Predictor:
         x = image.to(self.device, dtype=torch.float32)[None]
         network = self._network()
         callback = progress_callback or self.progress_callback
+        inferer = self._one_pass_inferer(tuple(x.shape[2:]))
         if callback is not None:
-            network = _counting_windows(network, callback, self.window_count(tuple(x.shape[2:])))
+            total = 1 if inferer is not None else self.window_count(tuple(x.shape[2:]))
+            network = _counting_windows(network, callback, total)
         with torch.inference_mode():
-            out = self.inferer(x, network)
+            out = (inferer or self.inferer)(x, network)
         return out[0]  # type: ignore[index]
+
+    def _one_pass_inferer(self, spatial_shape: Sequence[int]) -> SlidingWindowInferer | None:
+        """With ``one_pass``, MONAI's inferer with one window: the box padded up to a size the
+        network's strides divide (it pads with zeros, as training's crop did, and crops back);
+        ``None`` when the box is too large (see :data:`ONE_PASS_MAX_ROIS`) or the model is 2D."""
+        if not self.one_pass or self.spatial_dims != 3:
+            return None
+        step = _size_divisor(self.config.get("net", {}).get("init_args", {}), len(spatial_shape))
+        size = [max(-(-int(s) // d) * d, d) for s, d in zip(spatial_shape, step)]
+        if float(np.prod(size)) > ONE_PASS_MAX_ROIS * float(np.prod(self.config["roi_size"])):
+            logger.debug("one pass: box %s too large, sliding windows instead", size)
+            return None
+        return SlidingWindowInferer(
+            roi_size=size, sw_batch_size=1, overlap=0.0, mode="constant", sw_device=self.device, device=self.device
+        )
 
     def window_count(self, spatial_shape: Sequence[int]) -> int:
         """How many sliding windows cover a model-space image of ``spatial_shape`` (one image)."""
@@ -604,8 +668,12 @@ class Predictor:
         report: str | os.PathLike[str] | None = None,
         overlay: str | os.PathLike[str] | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> list[CaseResult]:
         """Segment inputs and write the results; what ``bts-infer`` does.
+
+        Every output is checked before the case is read: it must be writable, must not be a file
+        of any input of the run (ever), and must not exist already unless ``overwrite``.
 
         Args:
             inputs: files and folders (4D NIfTI, case folders, TIFF slices, patient folders, or
@@ -618,6 +686,7 @@ class Predictor:
             report: ``.json``/``.csv`` with voxel counts and volumes of every case.
             overlay: one input: a ``.png``; several: a folder for ``<case>_overlay.png``.
             progress: progress bars (over cases, or over one case's windows).
+            overwrite: replace existing output files (never the run's inputs).
 
         Returns:
             One :class:`CaseResult` per case. With one input, a bad input raises instead.
@@ -637,8 +706,15 @@ class Predictor:
         if report is not None:
             check_report_path(report)
         plan = _OutputPlan.make(output, overlay, many)
+        guard = _OutputGuard(_run_inputs(items), overwrite)
         if not many:
-            return [self._run_one(items[0], plan, channel_order, probabilities, report, progress, raise_errors=True)]
+            return [
+                self._run_one(
+                    items[0], plan, channel_order, probabilities, report, progress, raise_errors=True, guard=guard
+                )
+            ]
+        if report is not None:
+            guard.check([Path(report)])
         from tqdm.auto import tqdm
 
         results: list[CaseResult] = []
@@ -646,7 +722,7 @@ class Predictor:
         self.progress = False
         bar = tqdm(items, desc="cases", unit="case", disable=not progress)
         for item in bar:
-            res = self._run_one(item, plan, channel_order, probabilities, None, False, used=used)
+            res = self._run_one(item, plan, channel_order, probabilities, None, False, used=used, guard=guard)
             bar.set_postfix_str(f"{res.case_id}: {'ok' if res.ok else 'failed'}")
             results.append(res)
         bar.close()
@@ -666,6 +742,7 @@ class Predictor:
         progress: bool,
         raise_errors: bool = False,
         used: set[str] | None = None,
+        guard: _OutputGuard | None = None,
     ) -> CaseResult:
         start = time.perf_counter()
         source = item.source if isinstance(item, CaseInput) else str(item)
@@ -678,11 +755,14 @@ class Predictor:
                 case_input.case_id = case_id
             seg_path, overlay_path = plan.paths(case_input)
             _check_seg_path(seg_path, case_input.kind)
+            if guard is not None:  # before the case is read and segmented, not after
+                guard.check(output_files(seg_path, self.region_names, probabilities, report, overlay_path))
             case = load_case(case_input, self.inputs)
             case.scheme = case_input.scheme
             self.progress = progress
             pred = self.predict_case(case, keep_image=False)
-            outputs = pred.save(seg_path, probabilities, report, overlay_path)
+            overwrite = guard is None or guard.overwrite
+            outputs = pred.save(seg_path, probabilities, report, overlay_path, overwrite=overwrite)
         except Exception as exc:
             if raise_errors:
                 raise
@@ -703,6 +783,32 @@ class Predictor:
             time.perf_counter() - start,
             report=rep,
         )
+
+
+@dataclass
+class _OutputGuard:
+    """The run's rules for outputs: never over an input of the run, over an existing file only
+    with ``overwrite``, and only where writing works (probed before the inference)."""
+
+    protect: ProtectedFiles
+    overwrite: bool = False
+
+    def check(self, targets: Sequence[Path]) -> None:
+        for target in targets:
+            refuse_overwrite(target, self.protect, self.overwrite)
+            check_writable(target)
+
+
+def _run_inputs(items: Sequence[Path | CaseInput]) -> ProtectedFiles:
+    """Every file the run reads: the given files, and the files in the given case folders."""
+    protect = ProtectedFiles()
+    for item in items:
+        if isinstance(item, CaseInput):
+            for f in [*item.files.values(), *item.slices]:
+                protect.add(f)
+        elif Path(item).exists():
+            protect.add(item)
+    return protect
 
 
 @dataclass
@@ -744,6 +850,47 @@ class _OutputPlan:
         return seg, self.overlay_file
 
 
+def check_inference_config(net: nn.Module, config: dict[str, Any]) -> None:
+    """A model's inference config agrees with itself and with its network: every key present,
+    a positive window size of ``spatial_dims`` numbers, as many modalities as the network has
+    input channels.
+
+    Raises:
+        ValueError: naming the disagreement.
+    """
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"inference config lacks {', '.join(missing)}")
+    dims = config["spatial_dims"]
+    if dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, not {dims!r}")
+    roi = config["roi_size"]
+    if (
+        not isinstance(roi, Sequence)
+        or isinstance(roi, str)
+        or len(roi) != int(dims)
+        or not all(isinstance(r, (int, np.integer)) and not isinstance(r, bool) and r > 0 for r in roi)
+    ):
+        raise ValueError(f"roi_size must be {dims} positive whole numbers, not {roi!r}")
+    modalities = config["modalities"]
+    if isinstance(modalities, str) or not modalities:
+        raise ValueError(f"modalities must be a non-empty list of names, not {modalities!r}")
+    wanted = _input_channels(net)
+    if wanted is not None and wanted != len(modalities):
+        raise ValueError(
+            f"the config names {len(modalities)} modalities ({', '.join(modalities)}) but the network "
+            f"takes {wanted} input channels"
+        )
+
+
+def _input_channels(net: nn.Module) -> int | None:
+    """Input channels of the network's first convolution (``None`` when it has none)."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return None
+
+
 def one_line(exc: BtsInputError) -> BtsInputError:
     """The same error with its problem cut to the first line (torch's messages run to paragraphs)."""
     lines = [ln.strip() for ln in exc.problem.splitlines() if ln.strip()]
@@ -778,23 +925,25 @@ def _counting_windows(
     return counted
 
 
+def _size_divisor(init_args: dict[str, Any], dims: int) -> list[int]:
+    """Per spatial axis, the product of the network's strides (UNet, DynUNet ``strides``): input
+    sizes it divides come out of the encoder and decoder at the same size. 32 when unknown."""
+    strides = init_args.get("strides")
+    if not isinstance(strides, (list, tuple)) or not strides:
+        return [32] * dims
+    out = [1] * dims
+    for s in strides:
+        per_axis = list(s) if isinstance(s, (list, tuple)) else [s] * dims
+        out = [o * int(a) for o, a in zip(out, per_axis)]
+    return out
+
+
 def _flip_sets(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of the given spatial axes, as axes of an ``(N, C, *spatial)`` tensor (identity first)."""
     sets: list[tuple[int, ...]] = [()]
     for a in [2 + int(x) for x in spatial_axes]:
         sets += [(*s, a) for s in sets]
     return sets
-
-
-def _main_output(out: Any, ndim: int) -> torch.Tensor:
-    """A network's main output: first of a list/tuple, or head 0 of DynUNet's stacked heads."""
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    if out.ndim == ndim + 1:
-        out = out[:, 0]
-    return out
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

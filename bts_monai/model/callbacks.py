@@ -1,12 +1,14 @@
-"""Callbacks that draw pictures into the run folder while training runs.
+"""Callbacks of every training run: pictures in the run folder, and a checkpoint when stopped.
 
 * :class:`LearningCurvePlot` — ``learning_curve.png``: loss and mean Dice per epoch, train and
   validation, redrawn after every epoch. Its history is part of the checkpoint, so a resumed run
   keeps drawing the whole curve.
 * :class:`PredictionOverlays` — ``overlays/<case>.png``: for the first few validation cases, the
   slice with most tumour with the ground truth beside the prediction, one colour per region.
+* :class:`CheckpointOnStop` — ``checkpoints/last.ckpt`` when a scheduler stops the run (SIGTERM),
+  wherever in the epoch it is, so ``--ckpt_path last`` continues instead of restarting.
 
-Both draw only on the global-zero process and write atomically (temporary file, then rename), so
+The pictures are drawn only on the global-zero process and write atomically (temporary file, then rename), so
 a viewer never sees half a PNG. They use matplotlib's object API, never pyplot's global state.
 """
 
@@ -21,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-__all__ = ["LearningCurvePlot", "PredictionOverlays", "REGION_COLOURS", "save_figure_atomic"]
+__all__ = ["CheckpointOnStop", "LearningCurvePlot", "PredictionOverlays", "REGION_COLOURS", "save_figure_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +48,9 @@ def _run_dir(trainer: pl.Trainer, folder: str | None) -> Path:
 
 def save_figure_atomic(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> None:
     """Save a matplotlib figure as PNG via a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    from bts_monai.fileio import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))
 
 
 def _figure(width: float, height: float) -> Any:
@@ -211,3 +212,73 @@ class PredictionOverlays(Callback):
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "case"
+
+
+class CheckpointOnStop(Callback):
+    """Save a resumable ``last.ckpt`` when the run is stopped by SIGTERM (what schedulers send).
+
+    Lightning turns SIGTERM into a ``SIGTERMException`` after the training batch in progress (or
+    during validation), which would end ``fit`` with nothing saved since the last validation.
+    This saves the whole training state first — weights, optimizer, scheduler, loop progress, the
+    loaders' position and the random generators — where ``--ckpt_path last`` looks for it. It
+    saves at the end of the training batch, the state Lightning's own step checkpoints have and
+    resume from exactly (a checkpoint taken later, as the exception unwinds at an epoch's last
+    batch, resumes one epoch ahead); a SIGTERM outside training steps (validation, set-up) is
+    saved as the exception passes. The CLI then exits with status 143 (128 + SIGTERM).
+
+    Args:
+        dirpath: the checkpoint folder (default: the run's ``ModelCheckpoint`` folder, else
+            ``<default_root_dir>/checkpoints``).
+        filename: the checkpoint's name.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
+        self.dirpath = dirpath
+        self.filename = filename
+        self.saved: Path | None = None
+
+    def path(self, trainer: pl.Trainer) -> Path:
+        """Where the checkpoint goes."""
+        if self.dirpath:
+            return Path(self.dirpath) / self.filename
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
+            return Path(ckpt.dirpath) / self.filename
+        return Path(trainer.default_root_dir) / "checkpoints" / self.filename
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget a previous fit's checkpoint."""
+        self.saved = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """After a step, if any process got SIGTERM: save, and make every process stop here."""
+        stop = bool(trainer.received_sigterm)
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if not stop:
+            return
+        # Lightning raises SIGTERMException where this flag is set; setting it on every rank
+        # makes them all stop after this same step (no rank left waiting in a collective).
+        trainer._signal_connector.received_sigterm = True
+        self._save(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On SIGTERM during ``fit`` outside a training step, save as the exception passes."""
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.saved is None:
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        path = self.path(trainer)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        if trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)  # every rank takes part; rank zero writes
+        if trainer.is_global_zero:
+            os.replace(tmp, path)  # atomic: a kill now leaves the previous last.ckpt whole
+            logger.warning(
+                "stopped by SIGTERM at epoch %d, step %d: saved %s (resume with --ckpt_path last)",
+                trainer.current_epoch,
+                trainer.global_step,
+                path,
+            )
+        self.saved = path

@@ -388,7 +388,8 @@ class BratsSegModule(pl.LightningModule):
         self._val_records = []
         if not unique:
             return
-        rows = list(unique.values())
+        # Means in case-id order: the same floating-point sums whichever rank scored which case.
+        rows = [unique[k] for k in sorted(unique)]
         out: dict[str, float] = {f"{prefix}/loss": float(np.mean([r["loss"] for r in rows]))}
         for m in VAL_METRICS:
             per_region = [float(np.mean([r[f"{m}_{region}"] for r in rows])) for region in self.region_names]
@@ -430,7 +431,7 @@ class BratsSegModule(pl.LightningModule):
         checkpoint[_RNG_KEY] = _rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the data settings; the RNG states are applied when the next epoch starts."""
+        """Restore the data settings; the RNG states are applied before the next training batch."""
         saved = checkpoint.get(INFERENCE_KEY) or {}
         # The window settings are this module's own hyperparameters, restored with them.
         data = {k: v for k, v in saved.items() if k not in ("net", "threshold", "sw_roi_size", "sw_overlap", "sw_mode")}
@@ -440,8 +441,13 @@ class BratsSegModule(pl.LightningModule):
             self.net_config = self._net_spec(saved.get("net"))
         self._pending_rng = checkpoint.get(_RNG_KEY)
 
-    def on_train_epoch_start(self) -> None:
-        """Resume the random streams where the checkpointed run left them."""
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Resume the random streams where the checkpointed run left them, right before its next step.
+
+        Not at the epoch's start: Lightning calls no epoch-start hook when it resumes mid-epoch.
+        The data loaders draw from generators of their own (:mod:`bts_monai.data.sampling`), so
+        between a checkpoint and the next step nothing else moves these streams.
+        """
         if self._pending_rng is not None:
             _set_rng_state(self._pending_rng)
             self._pending_rng = None

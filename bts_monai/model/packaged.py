@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import atomic_write, write_text
+from bts_monai.inference.backends import packaged_onnx, write_packaged_onnx
 from bts_monai.labels import get_scheme
 from bts_monai.model.spec import (
     INFERENCE_SETTINGS,
@@ -237,6 +239,9 @@ def load_model_folder(
         "model_source": str(folder),
         "weights_sha256": digest,
     }
+    onnx_file = packaged_onnx(folder, meta, digest)  # what the ONNX runtimes read (inference/backends)
+    if onnx_file is not None:
+        config["onnx_file"] = str(onnx_file)
     return net, config
 
 
@@ -280,8 +285,10 @@ def export_model(
     data_license: str = "",
     version: str = "1.0.0",
     trusted: bool = False,
+    onnx: bool = True,
 ) -> Path:
-    """Turn a training checkpoint into a packaged model folder (float16 safetensors + metadata).
+    """Turn a training checkpoint into a packaged model folder (float16 safetensors + metadata,
+    and with ``onnx`` the ONNX export the CPU runtimes read, checked against torch).
 
     ``metadata.json`` carries everything inference needs: the network spec, the data settings and
     the :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` training validated with (threshold,
@@ -306,9 +313,7 @@ def export_model(
     if overflow:
         raise BtsInputError(ckpt, f"weight {overflow[0]} does not fit float16 (values beyond +-65504)")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, weights)
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     inference = {k: v for k, v in config.items() if k not in ("net", *PROVENANCE_KEYS)}
     meta = {
         "name": name,
@@ -334,8 +339,9 @@ def export_model(
             "parameters": int(sum(v.numel() for v in state.values())),
         },
     }
+    if onnx:  # the export runs the float16-rounded weights, exactly what the package holds
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        meta["onnx"] = write_packaged_onnx(net.cpu().eval(), config, folder, meta["weights"]["sha256"])
     validate_metadata(meta, folder / METADATA_NAME)
-    tmp = folder / f".{METADATA_NAME}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, folder / METADATA_NAME)
+    write_text(folder / METADATA_NAME, json.dumps(meta, indent=2) + "\n")
     return folder

@@ -1,11 +1,14 @@
-"""Metrics against numbers worked out by hand on boxes."""
+"""Metrics against numbers worked out by hand on boxes, and against the BraTS 2023 reference code."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+import surface_fixtures
 import torch
 
 from bts_monai.model.metrics import (
@@ -17,8 +20,10 @@ from bts_monai.model.metrics import (
     iou,
     lesion_wise,
     region_metrics,
+    robust_hausdorff,
     sensitivity,
     specificity,
+    surface_distances,
 )
 
 SHAPE = (24, 24, 24)
@@ -165,7 +170,7 @@ def test_lesion_wise_hit_miss_and_false_positive() -> None:
     # prediction's edges and the other 36 lie on them; 20/56 > 5%, so HD95 = 1 mm (the other way too).
     # Lesion B: missed, Dice 0, HD95 374. The false positive: Dice 0, HD95 374.
     # Score = sum over lesions / (2 lesions + 1 false positive).
-    out = lesion_wise(pred, ref, spacing=(1.0, 1.0, 1.0), dilation=3, min_volume_voxels=50)
+    out = lesion_wise(pred, ref, spacing=(1.0, 1.0, 1.0), dilation=3, min_volume_mm3=50)
     assert out["dice"] == pytest.approx((0.75 + 0.0 + 0.0) / 3)  # 0.25
     assert out["hd95"] == pytest.approx((1.0 + 374.0 + 374.0) / 3)  # 249.67
     assert (out["tp"], out["fn"], out["fp"]) == (1, 1, 1)
@@ -205,12 +210,12 @@ def test_lesion_wise_merges_reference_components_closer_than_the_dilation() -> N
 def test_lesion_wise_ignores_small_lesions_and_their_matches() -> None:
     big = lbox((2, 6), (2, 6), (2, 6))  # 64 voxels
     small = lbox((20, 23), (20, 23), (20, 23))  # 27 voxels <= 50: left out
-    out = lesion_wise(big | small, big | small, min_volume_voxels=50)
+    out = lesion_wise(big | small, big | small, min_volume_mm3=50)
     # The prediction on the small lesion is neither scored nor a false positive.
     assert (out["tp"], out["fn"], out["fp"]) == (1, 0, 0)
     assert out["dice"] == 1.0
     # Only small lesions, none found and nothing else predicted: nothing to score -> 1 / 0.
-    out = lesion_wise(np.zeros(LESION_SHAPE, bool), small, min_volume_voxels=50)
+    out = lesion_wise(np.zeros(LESION_SHAPE, bool), small, min_volume_mm3=50)
     assert (out["dice"], out["hd95"]) == (1.0, 0.0)
 
 
@@ -238,3 +243,64 @@ def test_two_dimensional_masks() -> None:
     assert hd95(a, b, (2.0, 1.0)) == pytest.approx(4.0)
     out = region_metrics(a[None], b[None], ["WT"], (2.0, 1.0))
     assert out["WT"]["hd95"] == pytest.approx(4.0)
+
+
+def test_lesion_size_threshold_counts_cubic_millimetres() -> None:
+    # A 24-voxel lesion is 24 mm³ on a 1 mm grid (ignored at 50 mm³) but 60 mm³ on a 1x1x2.5 mm
+    # grid (scored): the reference compares voxel count x voxel volume, not voxels.
+    lesion = lbox((4, 7), (4, 8), (4, 6))
+    assert lesion.sum() == 24
+    pred = np.zeros(LESION_SHAPE, bool)
+    out_iso = lesion_wise(pred, lesion, spacing=(1.0, 1.0, 1.0), min_volume_mm3=50)
+    out_aniso = lesion_wise(pred, lesion, spacing=(1.0, 1.0, 2.5), min_volume_mm3=50)
+    assert (out_iso["fn"], out_iso["dice"]) == (0, 1.0)
+    assert (out_aniso["fn"], out_aniso["dice"], out_aniso["hd95"]) == (1, 0.0, LESION_MISS_HD95)
+
+
+def test_hd95_one_empty_penalty_follows_the_caller() -> None:
+    assert hd95(EMPTY, CUBE) == EMPTY_HD95
+    assert hd95(CUBE, EMPTY, empty_value=LESION_MISS_HD95) == 374.0
+
+
+def test_surface_distances_weigh_surfels_by_area() -> None:
+    # A 1-voxel cube at 1x1x2.5 mm: its 8 corner cubes each hold one triangle of the
+    # marching-cubes surface; the areas add up to the same octahedron-like surface for both masks
+    # and every distance is zero against itself.
+    one = box((5, 6), (5, 6), (5, 6))
+    sd = surface_distances(one, one, (1.0, 1.0, 2.5))
+    assert sd.ref_areas.shape == (8,) and np.all(sd.ref_to_pred == 0.0)
+    # One corner cut off a cube: the triangle spans half-diagonals of three faces.
+    normal = np.array([0.125 * 1.0 * 2.5, 0.125 * 1.0 * 2.5, 0.125 * 1.0 * 1.0])
+    assert sd.ref_areas[0] == pytest.approx(np.linalg.norm(normal))
+    assert robust_hausdorff(surface_distances(one, EMPTY, (1.0, 1.0, 1.0))) == math.inf
+
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "surface_reference.json").read_text())["fixtures"]
+BRATS2023_REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+CHALLENGE_PARAMETERS = {"BraTS-GLI": (3, 50.0), "BraTS-MET": (1, 2.0)}  # dilation, lesion mm³
+
+
+@pytest.mark.parametrize("fixture", surface_fixtures.fixtures_3d(), ids=lambda f: f.name)
+def test_hd95_and_lesion_wise_equal_the_brats_2023_reference(fixture: surface_fixtures.Fixture) -> None:
+    """Numbers from the challenge's code (tests/model/make_surface_reference.py wrote them)."""
+    expected = REFERENCE[fixture.name]
+    assert surface_fixtures.sha256(fixture.pred, fixture.ref) == expected["sha256"], "fixture arrays changed"
+    spacing = expected["spacing"]
+    dilation, min_volume = CHALLENGE_PARAMETERS[expected["challenge"]]
+    for region, values in BRATS2023_REGIONS.items():
+        want = expected["regions"][region]
+        pred, ref = np.isin(fixture.pred, values), np.isin(fixture.ref, values)
+        assert dice(pred, ref) == pytest.approx(want["legacy_dice"], abs=1e-12)
+        assert hd95(pred, ref, spacing, empty_value=LESION_MISS_HD95) == pytest.approx(want["legacy_hd95"], abs=1e-9)
+        out = lesion_wise(pred, ref, spacing, dilation=dilation, min_volume_mm3=min_volume)
+        assert out["dice"] == pytest.approx(want["lesion_dice"], abs=1e-12), region
+        assert out["hd95"] == pytest.approx(want["lesion_hd95"], abs=1e-9), region
+        assert (out["tp"], out["fn"], out["fp"]) == (want["tp"], want["fn"], want["fp"]), region
+
+
+@pytest.mark.parametrize("fixture", surface_fixtures.fixtures_2d(), ids=lambda f: f.name)
+def test_2d_hd95_equals_deepmind_surface_distance(fixture: surface_fixtures.Fixture) -> None:
+    expected = REFERENCE[fixture.name]
+    assert surface_fixtures.sha256(fixture.pred, fixture.ref) == expected["sha256"], "fixture arrays changed"
+    got = hd95(fixture.pred, fixture.ref, expected["spacing"])
+    assert got == pytest.approx(expected["regions"]["mask"]["legacy_hd95"], abs=1e-9)
