@@ -365,9 +365,10 @@ def _read_tiff_pages(path: Path) -> np.ndarray:
 
 
 def _check_geometry(pred: _Segmentation, gt: _Segmentation) -> None:
-    layouts.check_same_grid(
-        pred.path, pred.shape, pred.affine, gt.path, gt.shape, gt.affine, suffix="; nothing is resampled"
-    )
+    # The project's one same-grid rule and tolerance; the message names both files in full.
+    problem = layouts.grid_mismatch(pred.shape, pred.affine, gt.shape, gt.affine, f"ground truth {gt.path}")
+    if problem:
+        raise BtsInputError(pred.path, problem + "; nothing is resampled")
 
 
 def _values(label: np.ndarray) -> set[int]:

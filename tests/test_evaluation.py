@@ -212,8 +212,11 @@ def test_bad_labels_and_bad_paths(tmp_path: Path) -> None:
         evaluate(probs, gt)
     with pytest.raises(BtsInputError, match="does not exist"):
         evaluate(tmp_path / "nowhere", gt)
+    # A folder of BraTS images only (no *_seg, no flat labels) holds no ground truth.
+    write_nifti(tmp_path / "images" / "c" / "c_flair.nii.gz", tumour(B21))
+    write_nifti(tmp_path / "images" / "c_t1.nii.gz", tumour(B21))
     with pytest.raises(BtsInputError, match="no ground truth found"):
-        evaluate(pred, tmp_path / "p2")
+        evaluate(pred, tmp_path / "images")
     write_nifti(tmp_path / "p3" / "other.nii.gz", tumour(B21))
     with pytest.raises(BtsInputError, match="no prediction matches"):
         evaluate(tmp_path / "p3", tmp_path / "g")
@@ -255,7 +258,10 @@ def test_lgg_tiff_slices_stack_in_numeric_order(tmp_path: Path) -> None:
     pred = write_lgg_patient(tmp_path / "pred_tif" / "TCGA_XX_0001_20000101", moved)
     row = evaluate(pred, gt).rows[0]
     assert row["dice"] == pytest.approx(2 * 4 / (20 + 20))  # only the 2x2 of slice 2 still agrees
-    assert row["hd95"] == pytest.approx(1.0)
+    # TIFF slices carry no spacing: distances and sizes are in pixels, and their names say so.
+    assert row["hd95_px"] == pytest.approx(1.0)
+    assert (row["pred_area_px"], row["ref_area_px"]) == (20, 20)
+    assert not {"hd95", "pred_volume_ml", "ref_volume_ml"} & set(row)
 
 
 def test_lesion_wise_columns(tmp_path: Path) -> None:

@@ -205,7 +205,8 @@ class Prediction:
 
             masks = np.moveaxis(self.labels, -1, 0)  # (N, H, W), one page per slice
             data = masks[0] if masks.shape[0] == 1 else masks
-            staged.add(path, lambda tmp: tifffile.imwrite(tmp, data))
+            # minisblack: without it tifffile stores 3 or 4 slices as one RGB(A) page.
+            staged.add(path, lambda tmp: tifffile.imwrite(tmp, data, photometric="minisblack"))
         else:
             img = nifti_like(self.labels, case.reference, np.uint8)
             staged.add(path, lambda tmp: nib.save(img, tmp))
