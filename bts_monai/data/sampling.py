@@ -123,7 +123,12 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(sampler.epoch), "batches": done, "seed": int(sampler.seed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Skip, in the epoch the state names, the batches already trained (none at an epoch's end)."""
-        done = int(state.get("batches", 0))
-        if 0 < done < len(self):
-            self.sampler.resume(int(state["epoch"]), done * int(self.batch_size or 1))  # type: ignore[attr-defined]
+        """Continue where the state says: the rest of its epoch, or the next epoch after its end."""
+        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        epoch, done = int(state["epoch"]), int(state.get("batches", 0))
+        finished = done >= len(self)
+        # Lightning creates the resumed epoch's iterator before it calls set_epoch, and worker
+        # processes read the sampler as soon as the iterator exists: set the epoch here.
+        sampler.set_epoch(epoch + 1 if finished else epoch)
+        if not finished:
+            sampler.resume(epoch, done * int(self.batch_size or 1))

@@ -123,7 +123,7 @@ def test_resume_continues_the_run(brats21_root: Path, tmp_path: Path, monkeypatc
     assert [h["epoch"] for h in curve.history] == [0.0, 1.0, 2.0]
 
 
-def test_rng_state_is_restored_at_the_next_epoch(tmp_path: Path) -> None:
+def test_rng_state_is_restored_before_the_next_step(tmp_path: Path) -> None:
     from bts_monai.model.module import build_network
 
     module = BratsSegModule(
@@ -137,8 +137,10 @@ def test_rng_state_is_restored_at_the_next_epoch(tmp_path: Path) -> None:
     expected = torch.rand(3)
     torch.rand(10)  # the streams move on
     module.on_load_checkpoint(ckpt)
-    module.on_train_epoch_start()
+    module.on_train_batch_start({}, 0)
     assert torch.equal(torch.rand(3), expected)
+    module.on_train_batch_start({}, 1)  # only the first step after a load restores
+    assert not torch.equal(torch.rand(3), expected)
     assert _RNG_KEY in ckpt
 
 

@@ -77,7 +77,11 @@ def _fit(tmp: Path, root: Path, workers: int, callbacks: list, ckpt: Path | None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stop_step", "workers"), [(4, 0), (3, 0), (4, 1)], ids=["mid-epoch", "epoch-end", "mid-epoch-1-worker"])
+@pytest.mark.parametrize(
+    ("stop_step", "workers"),
+    [(4, 0), (3, 0), (4, 1), (3, 1)],
+    ids=["mid-epoch", "epoch-end", "mid-epoch-1-worker", "epoch-end-1-worker"],
+)
 def test_stop_and_resume_gives_the_uninterrupted_weights(
     brats21_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_step: int, workers: int
 ) -> None:
