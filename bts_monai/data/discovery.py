@@ -84,7 +84,7 @@ def entry_scheme(entry: dict[str, Any]) -> LabelScheme:
 def entry_item(entry: dict[str, Any], modalities: Sequence[str], with_label: bool = True) -> dict[str, Any]:
     """A volume entry -> the input of :func:`~bts_monai.data.transforms.deterministic_transforms`:
     ``image`` (the modality files in ``modalities``' order, or one 4D file with ``channel_index``),
-    ``label`` and ``label_scheme`` (the entry's own scheme, read by region name into the target's).
+    ``label`` and ``scheme_of_label`` (the entry's own scheme, read by region name into the target's).
 
     Raises:
         BtsInputError: the entry lacks a modality of ``modalities``.
@@ -104,7 +104,7 @@ def entry_item(entry: dict[str, Any], modalities: Sequence[str], with_label: boo
     item["case_id"] = cid
     if with_label and "label" in entry:
         item["label"] = entry["label"]
-        item["label_scheme"] = entry.get("scheme") or entry["dataset"]
+        item["scheme_of_label"] = entry.get("scheme") or entry["dataset"]
     return item
 
 

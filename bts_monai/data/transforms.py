@@ -207,7 +207,7 @@ class LabelsToTargetd(MapTransform):
         scheme: LabelScheme | str,
         mode: str = "regions",
         allow_missing_keys: bool = False,
-        scheme_key: str = "label_scheme",
+        scheme_key: str = "scheme_of_label",  # not "label_...": MONAI reads such keys as the label's meta dict
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = LabelsToTarget(scheme, mode)
