@@ -59,10 +59,11 @@ def test_marker_survives_resampling(tmp_path, marker_net):
 
 
 def test_model_space_is_training_space():
-    """Preprocessing is training's deterministic transforms minus the loaders: RAS, crop, z-score."""
+    """Preprocessing is training's deterministic transforms minus the loaders: channels, RAS, crop, z-score."""
     t = geometry.model_space_transforms(brats_config())
     names = [type(s).__name__ for s in t.transforms]
-    assert names == ["Orientationd", "CropForegroundd", "NormalizeIntensityd", "CastToTyped"]
+    # SelectChannelsd picks a 4D (MSD) input's modalities; NormalizeInBraind z-scores inside the one brain mask.
+    assert names == ["SelectChannelsd", "Orientationd", "CropForegroundd", "NormalizeInBraind", "CastToTyped"]
     image = np.stack([brain_volume(seed=i) for i in range(4)])
     x = geometry.to_model_space(image, LPS, t)
     assert tuple(x.shape[1:]) < image.shape[1:]  # cropped to the brain
