@@ -286,16 +286,16 @@ def test_progress_comes_from_the_predictor(
     client: TestClient, tmp_path: Path, brats_predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     case_dir = make_brats_case(tmp_path, CASE, shape=(48, 48, 40), seed=4)  # several 32³ windows
-    net = brats_predictor.net
+    backend = brats_predictor.backend  # the runtime the network calls go through (inference/backends)
     inferer = brats_predictor.inferer
     swapped = []
 
     def slow_net(x: torch.Tensor) -> torch.Tensor:  # slow each window down so the polls see them
         swapped.append(brats_predictor.inferer is not inferer)
         time.sleep(0.05)
-        return net(x)
+        return backend(x)
 
-    monkeypatch.setattr(brats_predictor, "net", slow_net)
+    monkeypatch.setattr(brats_predictor, "backend", slow_net)
     job_id = upload(client, case_files(case_dir)).json()["id"]
     stages = []
     end = time.monotonic() + 60
