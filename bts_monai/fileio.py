@@ -133,18 +133,9 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], Any]) -
         BtsInputError: the file cannot be written (read-only folder, full disk, a parent that is
             a file); nothing is left behind.
     """
-    target = Path(target)
-    tmp = _write_temp(target, write)
-    try:
-        os.replace(tmp, target)
-    except OSError as exc:
-        _unlink(tmp)
-        raise BtsInputError(target, _problem(exc)) from exc
-    except BaseException:
-        _unlink(tmp)
-        raise
-    fsync_dir(target.parent)
-    return target
+    with atomic_path(target) as tmp:
+        write(tmp)
+    return Path(target)
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:

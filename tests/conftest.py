@@ -37,3 +37,18 @@ def real_data() -> Path:
     if not (path / "brats2018").is_dir():
         pytest.skip(f"BTS_REAL_DATA={root} holds no brats2018 folder")
     return path
+
+
+@pytest.fixture()
+def one_line_error(capsys: pytest.CaptureFixture[str]):
+    """A checker of a CLI's refusal: exactly one ``error: ...`` line on stderr (log lines may precede
+    it), no traceback, and every needle in it. Returns the line."""
+
+    def check(*needles: str) -> str:
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if "Traceback" in ln or ln.startswith("error: ")]
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        for n in needles:
+            assert n in lines[0], lines[0]
+        return lines[0]
+
+    return check

@@ -31,41 +31,34 @@ def case(tmp_path) -> Path:
     return make_brats_case(tmp_path / "in", CASE, shape=(24, 28, 20), seed=1)
 
 
-def _one_line(capsys, *needles: str) -> str:
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "Traceback" in ln or ln.startswith("error: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    err = lines[0]
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 # ---- 8: never overwrite the user's data -----------------------------------------------------------
-def test_output_onto_an_input_is_refused(tmp_path, ckpt, case, capsys):
+def test_output_onto_an_input_is_refused(tmp_path, ckpt, case, capsys, one_line_error):
     flair = case / f"{CASE}_flair.nii.gz"
     before = flair.read_bytes()
     for extra in ([], ["--overwrite"]):
         assert infer([str(case), "--ckpt", str(ckpt), "-o", str(flair), "-q", *extra]) == 2
-        _one_line(capsys, str(flair), "is an input of this run")
+        one_line_error(str(flair), "is an input of this run")
     assert flair.read_bytes() == before
 
 
-def test_default_output_inside_case_folder_keeps_ground_truth(ckpt, case, capsys, monkeypatch):
+def test_default_output_inside_case_folder_keeps_ground_truth(ckpt, case, capsys, monkeypatch, one_line_error):
     monkeypatch.chdir(case)
     seg = case / f"{CASE}_seg.nii.gz"
     before = seg.read_bytes()
     assert infer([".", "--ckpt", str(ckpt), "-q"]) == 2
-    _one_line(capsys, f"{CASE}_seg.nii.gz", "refusing to write an output over it")
+    one_line_error(f"{CASE}_seg.nii.gz", "refusing to write an output over it")
     assert seg.read_bytes() == before
 
 
-def test_unwritable_output_refused_before_inference(tmp_path, ckpt, case, capsys, monkeypatch):
+def test_unwritable_output_refused_before_inference(tmp_path, ckpt, case, capsys, monkeypatch, one_line_error):
     from bts_monai.inference import predictor
 
     (tmp_path / "file").write_text("x")
     monkeypatch.setattr(predictor, "load_case", lambda *a: pytest.fail("read the case before checking outputs"))
     assert infer([str(case), "--ckpt", str(ckpt), "-o", str(tmp_path / "file" / "s.nii.gz"), "-q"]) == 2
-    _one_line(capsys, "is a file, not a folder")
+    one_line_error("is a file, not a folder")
 
 
 # ---- 9: bad files ----------------------------------------------------------------------------------
@@ -85,10 +78,10 @@ def _edited_checkpoint(src: Path, dst: Path, **changes) -> Path:
         ({"roi_size": [16, -16, 16]}, "positive whole numbers"),
     ],
 )
-def test_checkpoint_config_checked(tmp_path, ckpt, case, capsys, changes, problem):
+def test_checkpoint_config_checked(tmp_path, ckpt, case, capsys, changes, problem, one_line_error):
     bad = _edited_checkpoint(ckpt, tmp_path / "bad.ckpt", **changes)
     assert infer([str(case), "--ckpt", str(bad), "-o", str(tmp_path / "s.nii.gz"), "-q"]) == 2
-    _one_line(capsys, str(bad), problem)
+    one_line_error(str(bad), problem)
     assert not (tmp_path / "s.nii.gz").exists()
 
 

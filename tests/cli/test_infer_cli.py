@@ -59,14 +59,6 @@ def case(tmp_path) -> Path:
     return make_brats_case(tmp_path / "in", "BraTS2021_00042", shape=(24, 28, 20), seed=1)
 
 
-def _one_line_error(capsys, *needles: str) -> str:
-    # Log lines (INFO/WARNING) may precede it; the error itself is one line, with no traceback.
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "Traceback" in ln or ln.startswith("error: ")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    err = lines[0]
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def test_case_folder_with_report_and_overlay(tmp_path, ckpt, case, capsys):
@@ -129,17 +121,17 @@ def test_lgg_patient_folder(tmp_path, lgg_ckpt):
     assert tifffile.imread(tmp_path / "out" / "TCGA_XX_0003_20000101_seg.tif").shape == (5, 32, 32)
 
 
-def test_no_checkpoint_and_no_packaged_model(case, capsys, tmp_path, monkeypatch):
+def test_no_checkpoint_and_no_packaged_model(case, capsys, tmp_path, monkeypatch, one_line_error):
     import bts_monai.model.packaged as packaged
 
     monkeypatch.setattr(packaged, "MODELS_DIR", tmp_path / "no_models")
     assert main([str(case)]) == 2
-    _one_line_error(capsys, "no packaged default model is installed for this input; pass --ckpt PATH")
+    one_line_error("no packaged default model is installed for this input; pass --ckpt PATH")
 
 
-def test_unknown_model_name(case, capsys):
+def test_unknown_model_name(case, capsys, one_line_error):
     assert main([str(case), "--model", "nope"]) == 2
-    _one_line_error(capsys, "no packaged model named 'nope'")
+    one_line_error("no packaged model named 'nope'")
 
 
 def test_list_models(capsys):
@@ -205,37 +197,37 @@ def _tiff(case: Path) -> Path:
         (_tiff, "2D image file, but the checkpoint is a 3D model"),
     ],
 )
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, ckpt, case, capsys, make, problem):
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, ckpt, case, capsys, make, problem, one_line_error):
     bad = make(case)
     target = case if bad.parent == case else bad
     out = tmp_path / "out"
     out.mkdir()
     args = [str(target), "--ckpt", str(ckpt), "-o", str(out / "s.nii.gz"), "--report", str(out / "r.json")]
     assert main([*args, "--overlay", str(out / "o.png"), "--probabilities"]) == 2
-    _one_line_error(capsys, str(bad), problem)
+    one_line_error(str(bad), problem)
     assert list(out.iterdir()) == []
 
 
-def test_bad_checkpoints(tmp_path, case, capsys):
+def test_bad_checkpoints(tmp_path, case, capsys, one_line_error):
     corrupt = tmp_path / "c.ckpt"
     corrupt.write_bytes(b"\x80\x02garbage")
     assert main([str(case), "--ckpt", str(corrupt)]) == 2
-    _one_line_error(capsys, str(corrupt))
+    one_line_error(str(corrupt))
     foreign = tmp_path / "f.ckpt"
     torch.save({"state_dict": {}}, foreign)
     assert main([str(case), "--ckpt", str(foreign)]) == 2
-    _one_line_error(capsys, str(foreign), "not a bts_monai checkpoint")
+    one_line_error(str(foreign), "not a bts_monai checkpoint")
     assert main([str(case), "--ckpt", str(tmp_path / "none.ckpt")]) == 2
-    _one_line_error(capsys, "does not exist")
+    one_line_error("does not exist")
 
 
-def test_bad_options(tmp_path, ckpt, case, capsys):
+def test_bad_options(tmp_path, ckpt, case, capsys, one_line_error):
     assert main([str(case), "--ckpt", str(ckpt), "--overlap", "1.5"]) == 2
-    _one_line_error(capsys, "overlap")
+    one_line_error("overlap")
     assert main([str(case), "--ckpt", str(ckpt), "-o", str(tmp_path / "x.txt")]) == 2
-    _one_line_error(capsys, "output must end in .nii.gz")
+    one_line_error("output must end in .nii.gz")
     assert main(["--ckpt", str(ckpt)]) == 2
-    _one_line_error(capsys, "no input")
+    one_line_error("no input")
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
