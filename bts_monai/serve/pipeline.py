@@ -104,6 +104,9 @@ def case_input(predictor: Predictor, case: UploadedCase) -> CaseInput:
                 None, f"no {' or '.join(missing)} file among those uploaded: drop all of {need} together"
             )
         item = explicit_case({m: str(p) for m, p in case.files.items()}, predictor.inputs, case_id=case.name)
+        # The files on disk carry the server's names; the browser's names say the dataset (and
+        # so the scheme the labels are written in, unless the predictor's output_scheme is set).
+        item.scheme = case.scheme
     elif case.kind == "volume":
         item = resolve_input(case.files["image"], predictor.inputs)
     else:

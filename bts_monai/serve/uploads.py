@@ -253,6 +253,9 @@ class UploadedCase:
             (slice number, ascending).
         names: server path -> browser name, to name files in messages.
         ignored: browser names of files not used (label files, masks).
+        scheme: the label scheme of the dataset whose names the files carry (BraTS 2023 names:
+            ``brats2023``; 2017-2021 names: ``brats2021``), so the segmentation is written back in
+            it as ``bts-infer`` does; ``None`` when the names do not say.
     """
 
     kind: str
@@ -261,6 +264,7 @@ class UploadedCase:
     files: dict[str, Path]
     names: dict[str, str] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    scheme: str | None = None
 
 
 def _nifti_ext(path: Path) -> str:
@@ -317,6 +321,7 @@ def _arrange_modalities(nifti: list[tuple[ReceivedFile, str]], dest: Path) -> Up
     found: dict[str, tuple[ReceivedFile, str]] = {}
     ignored: list[str] = []
     cases: set[str] = set()
+    named: dict[str, str] = {}  # BraTS naming ("brats", "brats2023") -> an example browser name
     for f, name in nifti:
         m = layouts.parse_modality_file(name, strict=False)
         if m is None:
@@ -333,8 +338,15 @@ def _arrange_modalities(nifti: list[tuple[ReceivedFile, str]], dest: Path) -> Up
             raise BtsInputError(name, f"two {mod} files: {found[mod][1]} and {name}; upload one case at a time")
         found[mod] = (f, name)
         cases.add(m.case)
+        named.setdefault(m.layout, name)
     if len(cases) > 1:
         raise BtsInputError(None, f"files of several cases ({', '.join(sorted(cases))}); upload one case at a time")
+    if len(named) > 1:  # as bts-infer refuses such a case folder: the label scheme would be a guess
+        raise BtsInputError(
+            named["brats2023"],
+            f"the upload mixes BraTS 2017-2021 names ({named['brats']}) and BraTS 2023 names "
+            f"({named['brats2023']}); name all files one way",
+        )
     arranged: dict[str, Path] = {}
     names: dict[str, str] = {}
     for mod, (f, name) in found.items():
@@ -342,9 +354,10 @@ def _arrange_modalities(nifti: list[tuple[ReceivedFile, str]], dest: Path) -> Up
         os.replace(f.path, target)
         arranged[mod] = target
         names[str(target)] = name
-    case_name = display_name(next(iter(cases))) if cases else "case"
+    case_id = next(iter(cases)) if cases else "case"
+    scheme = layouts.brats_dataset(case_id, next(iter(named)))[1] if named else None
     names[str(dest)] = "the upload"
-    return UploadedCase("modalities", case_name, dest, arranged, names, ignored)
+    return UploadedCase("modalities", display_name(case_id), dest, arranged, names, ignored, scheme)
 
 
 def _arrange_slices(tiff: list[tuple[ReceivedFile, str]], dest: Path) -> UploadedCase:

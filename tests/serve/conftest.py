@@ -1,12 +1,17 @@
-"""Fixtures for the web server: tiny trained checkpoints and synthetic uploads."""
+"""Fixtures for the web server's tests: tiny trained checkpoints, their predictors and a
+synthetic case to upload (helpers that build requests live in ``serve_helpers``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from serve_helpers import CASE
+
+from bts_monai.inference.predictor import Predictor
 
 BRATS_SHAPE = (32, 32, 32)
 
@@ -98,39 +103,30 @@ def lgg_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny_lgg.ckpt", "lgg")
 
 
-RIGHT_BLOB_SHAPE = (40, 44, 36)
-RIGHT_BLOB_CENTRE = (10, 22, 18)
-"""Voxel of the blob's centre; with :data:`RIGHT_BLOB_AFFINE` (LPS: x grows to the patient's
-left) a low x lies in the patient's right hemisphere."""
-RIGHT_BLOB_AFFINE = np.array(
-    [[-1.5, 0.0, 0.0, 30.0], [0.0, -1.5, 0.0, 33.0], [0.0, 0.0, 1.5, -27.0], [0.0, 0.0, 0.0, 1.0]]
-)
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model needs no more; other engineers' tests share the machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
-def right_blob_volume(radius: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
-    """A 4-channel ``(X, Y, Z, 4)`` "brain" whose only bright blob lies in the patient's right
-    hemisphere, and the blob's mask ``(X, Y, Z)``."""
-    rng = np.random.default_rng(7)
-    grids = np.meshgrid(*[np.arange(s) for s in RIGHT_BLOB_SHAPE], indexing="ij")
-    r = sum(((g - (s - 1) / 2) / (s * 0.45)) ** 2 for g, s in zip(grids, RIGHT_BLOB_SHAPE))
-    blob = sum((g - c) ** 2 for g, c in zip(grids, RIGHT_BLOB_CENTRE)) <= radius**2
-    assert RIGHT_BLOB_AFFINE[0, 0] < 0 and RIGHT_BLOB_CENTRE[0] < RIGHT_BLOB_SHAPE[0] / 2  # right hemisphere
-    channels = []
-    for _ in range(4):
-        vol = np.where(r <= 1, rng.uniform(80, 120, RIGHT_BLOB_SHAPE), 0.0)
-        vol[blob] = 400.0
-        channels.append(vol)
-    return np.stack(channels, axis=-1).astype(np.int16), blob
+@pytest.fixture(scope="module")
+def brats_predictor(brats_ckpt: Path) -> Predictor:
+    """The tiny BraTS checkpoint's predictor (CPU)."""
+    return Predictor.from_checkpoint(brats_ckpt, device="cpu")
 
 
-def write_right_blob_nifti(path: Path) -> tuple[Path, np.ndarray]:
-    """:func:`right_blob_volume` saved as one 4D NIfTI (qform and sform set); returns it and the mask."""
-    import nibabel as nib
+@pytest.fixture(scope="module")
+def lgg_predictor(lgg_ckpt: Path) -> Predictor:
+    """The tiny LGG checkpoint's predictor (CPU)."""
+    return Predictor.from_checkpoint(lgg_ckpt, device="cpu")
 
-    data, blob = right_blob_volume()
-    img = nib.Nifti1Image(data, RIGHT_BLOB_AFFINE)
-    img.set_qform(RIGHT_BLOB_AFFINE, code=1)
-    img.set_sform(RIGHT_BLOB_AFFINE, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-    return path, blob
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic 32³ BraTS 2021-named case (:data:`serve_helpers.CASE`) with its label."""
+    from bts_monai.data.synthetic import make_brats_case
+
+    return make_brats_case(tmp_path_factory.mktemp("cases"), CASE, shape=(32, 32, 32), seed=4)

@@ -7,7 +7,6 @@ import gzip
 import io
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,53 +16,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from serve_helpers import CASE, case_files, multipart, upload, wait_done
 
 from bts_monai.data.discovery import BRATS_MODALITIES
 from bts_monai.data.synthetic import BRATS_LIKE_AFFINE, make_brats_case, make_lgg_patient, synthetic_brats_arrays
 from bts_monai.inference.predictor import Predictor
 from bts_monai.serve.app import create_app
 
-CASE = "BraTS2021_00042"
-
 
 # ---- helpers ----------------------------------------------------------------------------------
-def multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
-    """A multipart body with file names exactly as given (clients may rewrite odd names)."""
-    boundary = uuid.uuid4().hex
-    out = io.BytesIO()
-    for key, value in (fields or {}).items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode())
-    for name, data in files:
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-        out.write(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
-def upload(client: TestClient, files: list[tuple[str, bytes]], **fields: str):
-    body, ctype = multipart(files, fields)
-    return client.post("/api/jobs", content=body, headers={"content-type": ctype})
-
-
-def wait_done(client: TestClient, job_id: str, timeout: float = 60.0) -> dict:
-    """Poll the job until it ends; also returns the progress values seen on the way."""
-    seen = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        seen.append(job["progress"])
-        if job["state"] in ("done", "failed"):
-            job["_seen"] = seen
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
-
-
-def case_files(case_dir: Path, modalities=BRATS_MODALITIES, with_seg: bool = False) -> list[tuple[str, bytes]]:
-    names = [f"{case_dir.name}_{m}.nii.gz" for m in modalities] + ([f"{case_dir.name}_seg.nii.gz"] if with_seg else [])
-    return [(n, (case_dir / n).read_bytes()) for n in names]
-
-
 def nifti_bytes(data: np.ndarray, affine: np.ndarray = BRATS_LIKE_AFFINE, compressed: bool = True) -> bytes:
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
@@ -89,31 +50,7 @@ def job_folders(root: Path) -> list[Path]:
     return [p for p in root.iterdir() if p.is_dir()]
 
 
-# ---- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The tiny model needs no more; other engineers' tests share the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def brats_predictor(brats_ckpt: Path) -> Predictor:
-    return Predictor.from_checkpoint(brats_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def lgg_predictor(lgg_ckpt: Path) -> Predictor:
-    return Predictor.from_checkpoint(lgg_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_brats_case(tmp_path_factory.mktemp("cases"), CASE, shape=(32, 32, 32), seed=4)
-
-
+# ---- fixtures (the predictors and case_dir are in conftest.py) -----------------------------
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
     return tmp_path / "jobs"
@@ -187,6 +124,37 @@ def test_brats_files_round_trip(client: TestClient, case_dir: Path) -> None:
 
     table = {row["name"]: row for row in job["report"]["rows"] if row["kind"] == "region"}
     assert table["WT"]["ml"] == pytest.approx(wt_row["volume_ml"])
+
+
+def _labels_of(client: TestClient, job: dict) -> np.ndarray:
+    assert job["state"] == "done", job["error"]
+    return np.asarray(load_nifti(client.get(f"/api/jobs/{job['id']}/files/segmentation").content).dataobj)
+
+
+def test_upload_is_written_in_its_datasets_scheme(
+    client: TestClient, brats_predictor: Predictor, case_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BraTS 2023-named upload gets 2023 labels (ET = 3) from a 2021 model, as bts-infer writes
+    them, unless the predictor's output scheme (bts-infer's --output-scheme) says otherwise."""
+    legacy = _labels_of(client, wait_done(client, upload(client, case_files(case_dir)).json()["id"]))
+    assert set(np.unique(legacy)) <= {0, 1, 2, 4} and (legacy == 4).any()
+    new_names = {"flair": "t2f", "t1": "t1n", "t1ce": "t1c", "t2": "t2w"}
+    files_2023 = [
+        (f"BraTS-GLI-00042-000-{new_names[m]}.nii.gz", data)
+        for m, (_, data) in zip(BRATS_MODALITIES, case_files(case_dir))
+    ]
+    job = wait_done(client, upload(client, files_2023).json()["id"])
+    assert job["name"] == "BraTS-GLI-00042-000"
+    labels = _labels_of(client, job)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(labels, np.where(legacy == 4, 3, legacy))  # 2023: ET is 3, the rest as 2021
+    assert [layer["name"] for layer in job["view"]["layers"]["labels"]] == ["NETC", "SNFH", "ET"]
+    report = client.get(f"/api/jobs/{job['id']}/files/report_json").json()
+    assert next(r for r in report["regions"] if r["region"] == "ET")["labels"] == [3]
+
+    monkeypatch.setattr(brats_predictor, "output_scheme", "brats2021")
+    job = wait_done(client, upload(client, files_2023).json()["id"])
+    np.testing.assert_array_equal(_labels_of(client, job), legacy)
 
 
 def test_slices_are_overlays_that_follow_the_controls(client: TestClient, case_dir: Path) -> None:
@@ -368,6 +336,7 @@ def _bad_cases(case_dir: Path) -> dict[str, list[tuple[str, bytes]]]:
         "two flair files": [*good.items(), (f"Other_{CASE}_flair.nii.gz", good[flair])],
         "unknown suffix": [*good.items(), (f"{CASE}_dwi.nii.gz", good[flair])],
         "a 2D image": [("x.nii.gz", nifti_bytes(np.ones((32, 32, 4), np.int16)[..., 0]))],
+        "two namings": [(n.replace("_t2.nii", "_t2w.nii"), d) for n, d in good.items()],  # 2021 and 2023
     }
 
 
@@ -388,6 +357,8 @@ def test_bad_input_messages_name_the_browsers_file(client: TestClient, case_dir:
     assert "4D" in upload(client, cases["one 3D volume"]).json()["error"]
     assert "NaN" in upload(client, cases["NaN voxels"]).json()["error"]
     assert "co-registered" in upload(client, cases["affines differ"]).json()["error"]
+    msg = upload(client, cases["two namings"]).json()["error"]
+    assert msg.startswith(f"{CASE}_t2w.nii.gz: the upload mixes BraTS 2017-2021 names") and "\n" not in msg
 
 
 def test_malformed_requests_are_400(client: TestClient) -> None:

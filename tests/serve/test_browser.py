@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import CASE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CASE = "BraTS2021_00042"
 
 pytestmark = pytest.mark.slow
 

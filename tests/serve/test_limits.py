@@ -4,6 +4,7 @@ once, the work folder's quota), the quota enforced on chunked bodies, and the ro
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
@@ -11,33 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from test_api import CASE, case_files, multipart, upload, wait_done
+from serve_helpers import case_files, multipart, upload, wait_done
 
-from bts_monai.data.synthetic import make_brats_case
 from bts_monai.inference.predictor import Predictor
 from bts_monai.serve.app import create_app
 from bts_monai.serve.limits import Admission, ServerBusy, folder_bytes
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def predictor(brats_ckpt: Path) -> Predictor:
-    return Predictor.from_checkpoint(brats_ckpt, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_brats_case(tmp_path_factory.mktemp("cases"), CASE, shape=(32, 32, 32), seed=4)
 
 
 class Body:
@@ -94,17 +75,17 @@ def _request(case_dir: Path) -> tuple[bytes, dict[str, str]]:
 
 
 def test_full_queue_refuses_before_reading_the_body(
-    predictor: Predictor, case_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    brats_predictor: Predictor, case_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    original = predictor.predict_case
+    original = brats_predictor.predict_case
 
     def blocked(case, **kwargs):  # the model is busy with the first case until released
         release.wait(30)
         return original(case, **kwargs)
 
-    monkeypatch.setattr(predictor, "predict_case", blocked)
-    app = create_app(predictor, tmp_path / "jobs", max_queued=1)
+    monkeypatch.setattr(brats_predictor, "predict_case", blocked)
+    app = create_app(brats_predictor, tmp_path / "jobs", max_queued=1)
     with TestClient(app) as client:
         running = upload(client, case_files(case_dir)).json()["id"]
         end = time.monotonic() + 30
@@ -126,8 +107,8 @@ def test_full_queue_refuses_before_reading_the_body(
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == []
 
 
-def test_concurrent_uploads_are_bounded(predictor: Predictor, case_dir: Path, tmp_path: Path) -> None:
-    app = create_app(predictor, tmp_path / "jobs", max_uploads=1)
+def test_concurrent_uploads_are_bounded(brats_predictor: Predictor, case_dir: Path, tmp_path: Path) -> None:
+    app = create_app(brats_predictor, tmp_path / "jobs", max_uploads=1)
     data, headers = _request(case_dir)
 
     async def scenario() -> tuple[tuple[int, dict], tuple[int, dict], Body]:
@@ -150,11 +131,11 @@ def test_concurrent_uploads_are_bounded(predictor: Predictor, case_dir: Path, tm
 
 
 def test_disk_quota_by_content_length_and_while_streaming(
-    predictor: Predictor, case_dir: Path, tmp_path: Path
+    brats_predictor: Predictor, case_dir: Path, tmp_path: Path
 ) -> None:
     workdir = tmp_path / "jobs"
     data, headers = _request(case_dir)
-    app = create_app(predictor, workdir, max_disk_mb=(3 * len(data)) / 2**20)
+    app = create_app(brats_predictor, workdir, max_disk_mb=(3 * len(data)) / 2**20)
     with TestClient(app) as client:
         job = wait_done(client, upload(client, case_files(case_dir)).json()["id"])  # fits: the folder was empty
         assert job["state"] == "done"
@@ -197,11 +178,27 @@ def test_admission_counts_uploads_in_flight(tmp_path: Path) -> None:
         Admission(tmp_path, lambda: 0).admit("c", 1)
 
 
-def test_refused_from_headers_over_a_real_socket(predictor: Predictor, tmp_path: Path) -> None:
+def _read_response(conn: socket.socket) -> str:
+    """One HTTP response: its head and as much body as its Content-Length says (the server may
+    send them in separate packets)."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if length is None or len(body) >= int(length.group(1)):
+                return data.decode("latin-1")
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data.decode("latin-1")
+        data += chunk
+
+
+def test_refused_from_headers_over_a_real_socket(brats_predictor: Predictor, tmp_path: Path) -> None:
     """A client announcing 1 GiB gets 503 without sending a byte of it."""
     import uvicorn
 
-    app = create_app(predictor, tmp_path / "jobs", max_disk_mb=10)
+    app = create_app(brats_predictor, tmp_path / "jobs", max_disk_mb=10)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(8)
@@ -219,7 +216,7 @@ def test_refused_from_headers_over_a_real_socket(predictor: Predictor, tmp_path:
                 b"Content-Type: multipart/form-data; boundary=x\r\n"
                 b"Content-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"
             )
-            answer = conn.recv(65536).decode("latin-1")
+            answer = _read_response(conn)
         head, _, text = answer.partition("\r\n\r\n")
         assert head.startswith("HTTP/1.1 503"), answer
         assert "work folder is full" in text and "100 Continue" not in head
@@ -229,11 +226,11 @@ def test_refused_from_headers_over_a_real_socket(predictor: Predictor, tmp_path:
         sock.close()
 
 
-def test_the_routes_are_a_router(predictor: Predictor, tmp_path: Path) -> None:
+def test_the_routes_are_a_router(brats_predictor: Predictor, tmp_path: Path) -> None:
     """The API is an APIRouter over the server's state: mounted on a bare FastAPI app, it serves."""
     from bts_monai.serve.routes import router
 
-    state = create_app(predictor, tmp_path / "jobs", model_name="tiny").state.server
+    state = create_app(brats_predictor, tmp_path / "jobs", model_name="tiny").state.server
     bare = FastAPI()
     bare.state.server = state
     bare.include_router(router)
