@@ -359,7 +359,7 @@ class BratsSegModule(pl.LightningModule):
         loss = float(self.loss_fn(logits.float(), label))
         pred = self.to_regions(logits)
         ref = self.target_regions(label)
-        case_ids = batch.get("case_id") or [f"case{batch_idx}_{i}" for i in range(image.shape[0])]
+        case_ids = batch.get("case_id") or self._stand_in_case_ids(batch_idx, image.shape[0])
         spacing = _batch_spacing(batch, image.ndim - 2)
         overlay = None
         for i, case_id in enumerate(case_ids):
@@ -373,6 +373,18 @@ class BratsSegModule(pl.LightningModule):
                 channel = modalities.index("flair") if "flair" in modalities else 0
                 overlay = _overlay_payload(str(case_id), image[i, channel], ref[i], pred[i], self.region_names)
         return {"overlay": overlay} if overlay is not None else None
+
+    def _stand_in_case_ids(self, batch_idx: int, n: int) -> list[str]:
+        """Names for cases a batch gives none for; unique across processes, as batch indices are not."""
+        if self.trainer.world_size <= 1:
+            return [f"case{batch_idx}_{i}" for i in range(n)]
+        if not getattr(self, "_warned_case_ids", False):
+            self._warned_case_ids = True
+            logger.warning(
+                "validation batches carry no case_id: under DDP a case the distributed sampler repeats "
+                "to even out the processes is then counted twice"
+            )
+        return [f"rank{self.global_rank}_case{batch_idx}_{i}" for i in range(n)]
 
     def on_validation_epoch_end(self) -> None:
         """Reduce per-case metrics over all processes (each case once) and log their means."""

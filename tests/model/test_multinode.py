@@ -288,3 +288,23 @@ def test_readme_and_sbatch_agree_on_the_launch() -> None:
     text = SBATCH.read_text()
     assert '--trainer.num_nodes "$SLURM_NNODES" --trainer.devices "$SLURM_NTASKS_PER_NODE"' in text
     assert "--ckpt_path last" in text and "#SBATCH --signal=TERM@" in text
+
+
+def test_stand_in_case_ids_do_not_collide_across_processes() -> None:
+    """Batches without case ids: the gathered records of two ranks stay apart (batch indices repeat)."""
+    from types import SimpleNamespace
+
+    from bts_monai.model.module import BratsSegModule, build_network
+
+    net = build_network(
+        "monai.networks.nets.UNet",
+        {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [4, 8], "strides": [2]},
+    )
+    module = BratsSegModule(net)
+    names = {}
+    for rank in (0, 1):
+        module._trainer = SimpleNamespace(world_size=2, global_rank=rank)  # type: ignore[assignment]
+        names[rank] = module._stand_in_case_ids(0, 2)
+    assert len(set(names[0]) | set(names[1])) == 4
+    module._trainer = SimpleNamespace(world_size=1, global_rank=0)  # type: ignore[assignment]
+    assert module._stand_in_case_ids(3, 1) == ["case3_0"]
