@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -41,15 +41,18 @@ __all__ = [
     "EvaluationResult",
     "STATISTICS",
     "case_id",
+    "check_plot_path",
     "empty_hd95",
     "evaluate",
     "find_cases",
     "format_summary",
     "match_cases",
+    "model_provenance",
     "plot",
     "resolve_scheme",
     "summarize",
     "write_csv",
+    "write_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +110,8 @@ class EvaluationResult:
         unmatched_pred: case id -> prediction that has no ground truth.
         unmatched_gt: case id -> ground truth that has no prediction.
         schemes: case id -> name of the label scheme its labels were read with.
+        provenance: the model that made the predictions, when one is named (see
+            :func:`model_provenance`); ``None`` otherwise.
     """
 
     rows: list[dict[str, Any]]
@@ -114,6 +119,7 @@ class EvaluationResult:
     unmatched_pred: dict[str, Path] = field(default_factory=dict)
     unmatched_gt: dict[str, Path] = field(default_factory=dict)
     schemes: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- discovery
@@ -531,6 +537,7 @@ def evaluate(
     dilation: int = 3,
     min_volume: float = 50.0,
     spacing: Sequence[float] | None = None,
+    model: PathLike | None = None,
 ) -> EvaluationResult:
     """Evaluate predictions against ground truth, case by case and region by region.
 
@@ -552,14 +559,18 @@ def evaluate(
             (BraTS-GLI: 50); pixels for TIFF inputs without ``spacing``.
         spacing: voxel size (mm) per axis for TIFF inputs (rows, columns, slices); without it
             their distances and sizes are reported in pixels.
+        model: the model that made the predictions, recorded as the result's provenance (see
+            :func:`model_provenance`): a packaged model's name, a model folder, a checkpoint, or
+            the ``bts-infer --report`` JSON of the run.
 
     Returns:
-        Rows, summary and the unmatched cases.
+        Rows, summary, the unmatched cases and the provenance.
 
     Raises:
         BtsInputError: missing input, no ground truth, no matching case, or a bad pair.
     """
     pred_root, gt_root = Path(pred), Path(gt)
+    provenance = None if model is None else model_provenance(model)  # a bad name fails before the work
     gt_found = find_cases(gt_root, ground_truth=True)
     pred_found = find_cases(pred_root)
     if not gt_found:
@@ -606,7 +617,42 @@ def evaluate(
         unmatched_pred=match.unmatched_pred,
         unmatched_gt=match.unmatched_gt,
         schemes=schemes,
+        provenance=provenance,
     )
+
+
+def model_provenance(model: PathLike) -> dict[str, Any]:
+    """The provenance of the model that made the predictions, for the evaluation's outputs.
+
+    Args:
+        model: the ``.json`` report ``bts-infer --report`` wrote for the predictions (every
+            :data:`~bts_monai.inference.report.PROVENANCE_FIELDS` of that run: model, backend,
+            precision, overlap, mirroring, package versions), or the model itself: a packaged
+            model's name, a model folder or a checkpoint (its name, version and weights' SHA-256,
+            with this environment's package versions; how it was run is then unknown).
+
+    Raises:
+        BtsInputError: no such model, or a report without provenance or whose cases differ in it.
+    """
+    path = Path(model)
+    if path.suffix.lower() == ".json" and path.is_file():
+        import json
+
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BtsInputError(path, f"cannot read the report ({exc})") from exc
+        cases = report.get("cases", [report]) if isinstance(report, dict) else []
+        found = [c.get("provenance") for c in cases if isinstance(c, dict)]
+        if not found or any(not isinstance(p, dict) for p in found):
+            raise BtsInputError(path, "is not a bts-infer report with a provenance (from bts-infer --report)")
+        if any(p != found[0] for p in found):
+            raise BtsInputError(path, "its cases were segmented with different models or settings")
+        return dict(found[0])
+    from bts_monai.model.packaged import model_provenance as describe
+    from bts_monai.model.packaged import package_versions
+
+    return {**describe(model), "package_versions": package_versions()}
 
 
 # --------------------------------------------------------------------------- summary and output
@@ -657,59 +703,78 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
-    """Write through :func:`bts_monai.fileio.atomic_open` (temporary file, fsync, rename)."""
-    from bts_monai.fileio import atomic_open
-
-    with atomic_open(path, "wb") if binary else atomic_open(path, "w", newline="") as fh:
-        write(fh)
-
-
 def _format_value(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return "nan" if math.isnan(value) else format(float(value), ".10g")
     return value
 
 
-def write_csv(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], path: PathLike) -> Path:
+def _csv_writer(
+    rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], provenance: dict[str, Any] | None
+) -> Callable[[Path], None]:
+    """What writes the CSV to a (temporary) path: per-case rows, then summary rows, then, on every
+    row, the provenance columns when the model is named."""
+    from bts_monai.inference.report import PROVENANCE_FIELDS, provenance_columns
+
+    extra = provenance_columns(provenance) if provenance is not None else {}
+    header = ["case_id", "region", "statistic", *_metric_columns(rows), *(PROVENANCE_FIELDS if extra else ())]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({key: _format_value({**row, **extra}.get(key, "")) for key in header})
+            for row in summary:
+                filled = {**row, **extra, "case_id": _SUMMARY_CASE_ID}
+                writer.writerow({key: _format_value(filled.get(key, "")) for key in header})
+
+    return write
+
+
+def write_csv(
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    path: PathLike,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write per-case rows, then summary rows, to one CSV file (atomically).
 
     Columns: ``case_id, region, statistic`` and the metrics. Case rows leave ``statistic``
-    empty; summary rows have ``case_id`` ``summary`` and the statistic's name.
+    empty; summary rows have ``case_id`` ``summary`` and the statistic's name. With
+    ``provenance`` (see :func:`model_provenance`), every row also has the
+    :data:`~bts_monai.inference.report.PROVENANCE_FIELDS` columns.
 
     Returns:
         The path written.
     """
-    path = Path(path)
-    header = ["case_id", "region", "statistic", *_metric_columns(rows)]
-
-    def write(fh: IO[str]) -> None:
-        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _format_value(row.get(key, "")) for key in header})
-        for row in summary:
-            filled = {**row, "case_id": _SUMMARY_CASE_ID}
-            writer.writerow({key: _format_value(filled.get(key, "")) for key in header})
-
-    _atomic_write(path, write)
-    logger.info("wrote %s", path)
-    return path
+    return write_outputs(rows, summary, csv_path=path, provenance=provenance)[0]
 
 
-def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
-    """Box plots of Dice and HD95 (and the lesion-wise scores, when present) per region.
+def check_plot_path(path: PathLike) -> str:
+    """The plot's file format, from its suffix (none: png).
 
-    The format follows the file suffix (``.png``, ``.pdf``, ``.svg``...); written atomically.
-
-    Returns:
-        The path written.
+    Raises:
+        BtsInputError: matplotlib cannot write that format.
     """
-    # The object API with the Agg canvas leaves pyplot's global backend alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if fmt not in supported:
+        raise BtsInputError(path, f"cannot plot to .{fmt} files: use one of {', '.join('.' + f for f in supported)}")
+    return fmt
+
+
+def _plot_writer(rows: Sequence[dict[str, Any]], path: Path) -> Callable[[Path], None]:
+    """What draws the box plots into a (temporary) path in ``path``'s format."""
+    # The object API with the Agg canvas leaves pyplot's global backend alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fmt = check_plot_path(path)
     columns = _metric_columns(rows)
     metrics = [m for m in ("dice", "hd95", "hd95_px", "lesion_dice", "lesion_hd95", "lesion_hd95_px") if m in columns]
     regions = list(dict.fromkeys(row["region"] for row in rows))
@@ -722,10 +787,61 @@ def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
         ax.set_xticks(range(1, len(regions) + 1), regions)
         ax.set_title(_title(metric))
         ax.grid(axis="y", alpha=0.3)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    _atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=120), binary=True)
-    logger.info("wrote %s", path)
-    return path
+
+    def write(tmp: Path) -> None:
+        try:
+            fig.savefig(tmp, format=fmt, dpi=120)
+        except (ValueError, RuntimeError) as exc:  # matplotlib's own failures (a backend, a font)
+            raise BtsInputError(path, f"cannot draw the plot ({type(exc).__name__}: {exc})") from exc
+
+    return write
+
+
+def plot(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
+    """Box plots of Dice and HD95 (and the lesion-wise scores, when present) per region.
+
+    The format follows the file suffix (``.png``, ``.pdf``, ``.svg``...); written atomically.
+
+    Returns:
+        The path written.
+
+    Raises:
+        BtsInputError: a format matplotlib cannot write, or the file cannot be written.
+    """
+    return write_outputs(rows, (), plot_path=path)[0]
+
+
+def write_outputs(
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    csv_path: PathLike | None = None,
+    plot_path: PathLike | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write the CSV (see :func:`write_csv`) and the box plots (see :func:`plot`) as one: both
+    files appear or neither does (:class:`~bts_monai.fileio.StagedFiles`), so a plot that fails
+    leaves no CSV behind.
+
+    Returns:
+        The files written (CSV first).
+
+    Raises:
+        BtsInputError: a plot format matplotlib cannot write, or a file that cannot be written;
+            nothing is written then.
+    """
+    from bts_monai.fileio import StagedFiles
+
+    plot_target = None if plot_path is None else Path(plot_path)
+    draw = None if plot_target is None else _plot_writer(rows, plot_target)  # refusals before writing
+    with StagedFiles() as staged:
+        if csv_path is not None:
+            staged.add(csv_path, _csv_writer(rows, summary, provenance))
+        if draw is not None and plot_target is not None:
+            staged.add(plot_target, draw)
+        written = staged.targets
+    for path in written:
+        logger.info("wrote %s", path)
+    return written
 
 
 def _title(metric: str) -> str:
@@ -752,6 +868,10 @@ def format_summary(result: EvaluationResult) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     used = sorted(set(result.schemes.values()))
     lines.insert(0, f"{len(result.schemes)} case(s), label scheme {', '.join(used)}; mean ± std")
+    if result.provenance is not None:
+        prov = result.provenance
+        sha = str(prov.get("weights_sha256") or "?")[:12]
+        lines.insert(0, f"model {prov.get('model_name')} {prov.get('model_version')} (weights sha256 {sha}...)")
     for title, unmatched in (
         ("prediction(s) without ground truth", result.unmatched_pred),
         ("ground truth without prediction", result.unmatched_gt),

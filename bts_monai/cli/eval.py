@@ -6,6 +6,7 @@ Examples::
     bts-eval nnunet_predictions/ nnUNet_raw/Dataset137_BraTS2021/labelsTr/ -o metrics.csv
     bts-eval TCGA_CS_4941_19960909_seg.tif kaggle_3m/TCGA_CS_4941_19960909/   # pixels
     bts-eval lgg_predictions/ kaggle_3m/ --spacing 1 1 2.5                    # mm, mL
+    bts-eval preds/ BraTS2021_Training_Data/ -o m.csv --model preds/report.json  # provenance columns
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-o", "--output", metavar="CSV", help="write per-case rows and summary rows to this CSV")
     parser.add_argument("--plot", metavar="IMAGE", help="write box plots per region (png, pdf, svg)")
+    parser.add_argument(
+        "--model",
+        metavar="REPORT|MODEL",
+        help="record what made the predictions in every CSV row: the bts-infer --report JSON of the run "
+        "(model, weights sha256, backend, precision, overlap, TTA, package versions), or the model itself "
+        "(a packaged model's name, a model folder or a checkpoint)",
+    )
     parser.add_argument("--lesion-wise", action="store_true", help="add BraTS 2023 lesion-wise Dice and HD95")
     parser.add_argument("--dilation", type=_non_negative, default=3, help="lesion-wise dilation iterations (3)")
     parser.add_argument(
@@ -98,11 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help or a usage error; argparse already printed why
         return exc.code if isinstance(exc.code, int) else 2
     # Imported here so that --help and usage errors answer without loading torch and MONAI.
-    from bts_monai.evaluation import evaluate, format_summary, plot, write_csv
+    from bts_monai.evaluation import check_plot_path, evaluate, format_summary, write_outputs
+    from bts_monai.fileio import check_writable
 
     logging.basicConfig(format="%(levelname)s: %(message)s")
     logging.getLogger("bts_monai").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
+        # Outputs that cannot be written are refused before the (slow) scoring.
+        if args.plot:
+            check_plot_path(args.plot)
+        for target in (args.output, args.plot):
+            if target:
+                check_writable(target)
         result = evaluate(
             args.pred,
             args.gt,
@@ -111,11 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             dilation=args.dilation,
             min_volume=args.min_volume,
             spacing=args.spacing,
+            model=args.model,
         )
-        if args.output:
-            write_csv(result.rows, result.summary, args.output)
-        if args.plot:
-            plot(result.rows, args.plot)
+        # The CSV and the plot appear together or not at all.
+        write_outputs(result.rows, result.summary, args.output, args.plot, result.provenance)
     except BtsInputError as exc:
         message = " ".join(str(exc).split())
         print(f"bts-eval: error: {message}", file=sys.stderr)

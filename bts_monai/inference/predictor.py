@@ -49,7 +49,7 @@ from bts_monai.inference.io import (
     strip_image_suffix,
 )
 from bts_monai.inference.overlay import png_bytes, three_plane_overlay
-from bts_monai.inference.report import check_report_path, format_report, volume_report, write_report
+from bts_monai.inference.report import check_report_path, format_report, provenance, volume_report, write_report
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 from bts_monai.model.spec import check_settings, inference_settings
 
@@ -108,6 +108,7 @@ class Prediction:
         scheme: the label scheme.
         seconds: wall time of the prediction (preprocessing to labels).
         convention: how :meth:`overlay` draws left and right (:mod:`~bts_monai.inference.display`).
+        provenance: how it was made, for the report (:func:`~bts_monai.inference.report.provenance`).
     """
 
     case: LoadedCase
@@ -116,6 +117,7 @@ class Prediction:
     scheme: LabelScheme
     seconds: float = 0.0
     convention: str = DEFAULT_CONVENTION
+    provenance: dict[str, Any] | None = None
 
     @property
     def region_names(self) -> list[str]:
@@ -128,8 +130,9 @@ class Prediction:
         return self.scheme.to_regions(self.labels)
 
     def report(self) -> dict[str, Any]:
-        """Voxel counts and volumes (mL) per label and per region (see :func:`volume_report`)."""
-        return volume_report(self.labels, self.scheme, self.case.voxel_size, self.case.case_id, self.case.source)
+        """Voxel counts and volumes (mL) per label and per region, and the provenance (see :func:`volume_report`)."""
+        case = self.case
+        return volume_report(self.labels, self.scheme, case.voxel_size, case.case_id, case.source, self.provenance)
 
     def overlay(self, alpha: float = 0.45) -> np.ndarray:
         """Axial, coronal and sagittal views through the tumour's centre, with edge letters, as an RGB array."""
@@ -596,6 +599,20 @@ class Predictor:
             out_scheme,
             time.perf_counter() - start,
             convention=self.convention,
+            provenance=self.provenance(),
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """The model, runtime and settings this Predictor segments with, and the package versions
+        (what every report records, see :func:`~bts_monai.inference.report.provenance`)."""
+        return provenance(
+            self.config,
+            self.settings,
+            backend=self.backend.name,
+            device=str(self.device),
+            precision=self.precision,
+            tta=self.tta,
+            one_pass=self.one_pass,
         )
 
     def output_scheme_for(self, case: LoadedCase) -> LabelScheme:

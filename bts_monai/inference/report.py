@@ -2,6 +2,12 @@
 
 Volumes come from the voxel size in the input's header (``pixdim``), so they hold for any voxel
 size; for inputs without one (LGG TIFF slices) the counts are given and the volumes are ``None``.
+
+Every report made by a :class:`~bts_monai.inference.predictor.Predictor` also says how it was made
+(:func:`provenance`, as nnU-Net's ``predict_from_raw_data_args.json``): the model's name, version
+and weights' SHA-256, the runtime backend, precision, the sliding-window and test-time mirroring
+settings, and the package versions. JSON reports hold it as a ``provenance`` object; CSV reports
+repeat it in :data:`PROVENANCE_FIELDS` columns on every row, so rows keep it when tables are joined.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +25,103 @@ import numpy as np
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, get_scheme
 
-__all__ = ["volume_report", "write_report", "format_report", "report_rows", "check_report_path", "REPORT_SUFFIXES"]
+__all__ = [
+    "PROVENANCE_FIELDS",
+    "REPORT_SUFFIXES",
+    "check_report_path",
+    "format_report",
+    "provenance",
+    "provenance_columns",
+    "report_rows",
+    "volume_report",
+    "write_report",
+]
 
 REPORT_SUFFIXES = (".json", ".csv")
 """File types :func:`write_report` writes, chosen by the path's extension."""
 
 CSV_COLUMNS = ("case_id", "kind", "name", "labels", "voxels", "volume_ml")
+
+PROVENANCE_FIELDS: tuple[str, ...] = (
+    "model_name",
+    "model_version",
+    "weights_sha256",
+    "model_source",
+    "backend",
+    "device",
+    "precision",
+    "threshold",
+    "sw_roi_size",
+    "sw_overlap",
+    "sw_mode",
+    "tta",
+    "mirror_axes",
+    "one_pass",
+    "package_versions",
+)
+"""What :func:`provenance` records, in the order of the CSV columns."""
+
+
+def provenance(
+    config: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    backend: str,
+    device: str,
+    precision: str,
+    tta: bool,
+    one_pass: bool,
+) -> dict[str, Any]:
+    """How a segmentation was made, for its report.
+
+    Args:
+        config: the model's inference config; its ``model_name``, ``model_version``,
+            ``model_source`` and ``weights_sha256`` (set by the model loaders) name the model.
+        settings: the :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` in force (the model's, or
+            the caller's overrides): threshold, window size, overlap and blending, mirror axes.
+        backend: the runtime that ran the network (``torch``, ``onnxruntime``, ``openvino``).
+        device: where it ran (``cpu``, ``cuda:0``...).
+        precision: ``"32"`` or ``"bf16"``.
+        tta: whether test-time mirroring over ``mirror_axes`` was on.
+        one_pass: whether the network ran once over the brain box instead of windows.
+
+    Returns:
+        A dict with the :data:`PROVENANCE_FIELDS` (``None`` where the model does not say).
+    """
+    from bts_monai.model.packaged import package_versions
+
+    return {
+        "model_name": config.get("model_name"),
+        "model_version": config.get("model_version"),
+        "weights_sha256": config.get("weights_sha256"),
+        "model_source": config.get("model_source"),
+        "backend": str(backend),
+        "device": str(device),
+        "precision": str(precision),
+        "threshold": float(settings["threshold"]),
+        "sw_roi_size": [int(r) for r in settings["sw_roi_size"]],
+        "sw_overlap": float(settings["sw_overlap"]),
+        "sw_mode": str(settings["sw_mode"]),
+        "tta": bool(tta),
+        "mirror_axes": [int(a) for a in settings["mirror_axes"]],
+        "one_pass": bool(one_pass),
+        "package_versions": package_versions(),
+    }
+
+
+def provenance_columns(prov: Mapping[str, Any] | None, fields: Sequence[str] = PROVENANCE_FIELDS) -> dict[str, Any]:
+    """``prov`` as CSV cells: scalars as they are, lists and dicts as JSON (``[0, 1, 2]``,
+    ``{"torch": "2.13.0", ...}``), missing values empty."""
+    prov = prov or {}
+    out: dict[str, Any] = {}
+    for key in fields:
+        value = prov.get(key)
+        if isinstance(value, (list, tuple, dict)):
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        out[key] = "" if value is None else value
+    return out
 
 
 def volume_report(
@@ -33,6 +130,7 @@ def volume_report(
     voxel_size_mm: Sequence[float] | None,
     case_id: str | None = None,
     source: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Count the voxels of each label and each region of a label map.
 
@@ -42,11 +140,12 @@ def volume_report(
         voxel_size_mm: voxel size along each axis in mm; ``None`` when unknown.
         case_id: written into the report.
         source: the input file or folder, written into the report.
+        provenance: how the labels were made (see :func:`provenance`), written into the report.
 
     Returns:
         ``{"case_id", "input", "scheme", "voxel_size_mm", "voxel_volume_ml", "labels": [...],
-        "regions": [...]}``; each label entry ``{"label", "name", "voxels", "volume_ml"}``, each
-        region entry ``{"region", "labels", "voxels", "volume_ml"}``.
+        "regions": [...]}`` (and ``"provenance"`` when given); each label entry ``{"label", "name",
+        "voxels", "volume_ml"}``, each region entry ``{"region", "labels", "voxels", "volume_ml"}``.
     """
     scheme = get_scheme(scheme)
     arr = np.asarray(labels)
@@ -66,7 +165,7 @@ def volume_report(
     for name, vals in scheme.regions.items():
         n = sum(found.get(v, 0) for v in vals)
         region_rows.append({"region": name, "labels": list(vals), "voxels": n, "volume_ml": ml(n)})
-    return {
+    report = {
         "case_id": case_id,
         "input": source,
         "scheme": scheme.name,
@@ -75,10 +174,14 @@ def volume_report(
         "labels": label_rows,
         "regions": region_rows,
     }
+    if provenance is not None:
+        report["provenance"] = dict(provenance)
+    return report
 
 
 def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One case's report as flat rows (one per label and per region), the CSV's rows."""
+    """One case's report as flat rows (one per label and per region), the CSV's rows; with the
+    :data:`PROVENANCE_FIELDS` columns when the report has a provenance."""
     rows = []
     for r in report["labels"]:
         rows.append(
@@ -102,6 +205,9 @@ def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "volume_ml": r["volume_ml"],
             }
         )
+    if "provenance" in report:
+        extra = provenance_columns(report["provenance"])
+        rows = [{**row, **extra} for row in rows]
     return rows
 
 
@@ -117,7 +223,8 @@ def write_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str |
     """Write one case's report, or several, atomically; JSON or CSV by the extension.
 
     JSON: one case -> its report object; several -> ``{"cases": [...]}``. CSV: one row per
-    label and region of each case, columns ``case_id, kind, name, labels, voxels, volume_ml``.
+    label and region of each case, columns ``case_id, kind, name, labels, voxels, volume_ml``,
+    then the :data:`PROVENANCE_FIELDS` when the reports carry a provenance.
 
     Raises:
         BtsInputError: the extension is neither ``.json`` nor ``.csv``.
@@ -138,7 +245,8 @@ def format_report(reports: dict[str, Any] | Sequence[dict[str, Any]], path: str 
     if path.suffix.lower() == ".json":
         return json.dumps({"cases": items} if many else items[0], indent=1) + "\n"
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    columns = CSV_COLUMNS + (PROVENANCE_FIELDS if any("provenance" in rep for rep in items) else ())
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for rep in items:
         for row in report_rows(rep):

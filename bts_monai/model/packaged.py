@@ -43,6 +43,8 @@ __all__ = [
     "load_packaged",
     "load_model_folder",
     "is_model_folder",
+    "model_provenance",
+    "package_versions",
     "sha256_file",
     "weights_path",
     "export_model",
@@ -271,6 +273,34 @@ def package_versions() -> dict[str, str]:
         except pkg_metadata.PackageNotFoundError:
             pass
     return out
+
+
+def model_provenance(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Which model ``source`` is, without building it: a packaged model's name, a model folder or
+    a training checkpoint -> ``model_name``, ``model_version``, ``model_source`` and
+    ``weights_sha256`` (the weights file's hash, computed now), as the loaders record them.
+
+    Raises:
+        BtsInputError: no such model or file, or not a model of this project.
+    """
+    path = Path(source)
+    if not path.exists() and not any(sep in str(source) for sep in ("/", os.sep)):
+        path = model_dir(str(source))  # a packaged model's name
+    if is_model_folder(path):
+        meta = read_metadata(path)
+        weights = weights_path(path, meta)
+        if not weights.is_file():
+            raise BtsInputError(weights, "packaged weights file does not exist")
+        return {
+            "model_name": meta["name"],
+            "model_version": meta["version"],
+            "model_source": str(path),
+            "weights_sha256": sha256_file(weights),
+        }
+    from bts_monai.model.checkpoint import read_inference_config
+
+    config = read_inference_config(path)
+    return {k: config[k] for k in PROVENANCE_KEYS}
 
 
 def export_model(

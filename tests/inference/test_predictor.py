@@ -167,7 +167,7 @@ def test_run_batch_with_one_bad_case(tmp_path):
         "BraTS2021_00012_overlay.png",
     ]
     csv = (tmp_path / "volumes.csv").read_text().splitlines()
-    assert csv[0] == "case_id,kind,name,labels,voxels,volume_ml" and len(csv) == 1 + 2 * 6
+    assert csv[0].startswith("case_id,kind,name,labels,voxels,volume_ml,model_name,") and len(csv) == 1 + 2 * 6
     assert all(r.volumes_ml for r in results if r.ok)
 
 

@@ -118,7 +118,7 @@ def test_brats_files_round_trip(client: TestClient, case_dir: Path) -> None:
     wt_row = next(r for r in report["regions"] if r["region"] == "WT")
     assert wt_row["voxels"] == int(wt.sum()) and wt_row["volume_ml"] == pytest.approx(wt.sum() / 1000)
     csv_text = client.get(f"/api/jobs/{job['id']}/files/report_csv").text
-    assert csv_text.splitlines()[0] == "case_id,kind,name,labels,voxels,volume_ml"
+    assert csv_text.splitlines()[0].startswith("case_id,kind,name,labels,voxels,volume_ml,model_name,")
     png = client.get(f"/api/jobs/{job['id']}/files/overlay_png")
     assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
 
