@@ -7,13 +7,14 @@ would build the same cache itself; this command does it ahead of time, in parall
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bts_monai.cli._common import exits_on_bad_input, setup_logging
-from bts_monai.data.cache import CacheSettings, PreprocessedCache
+from bts_monai.data.cache import LOCK_STALE_AFTER, CacheSettings, PreprocessedCache
 from bts_monai.data.discovery import BRATS_MODALITIES, check_case, discover, read_datalist
 from bts_monai.errors import BtsInputError
 from bts_monai.fileio import remove_tree
@@ -47,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-mode", choices=("regions", "labels"), default="regions", help="default: regions")
     p.add_argument("--intensity", choices=("zscore", "minmax"), default="zscore", help="default: zscore")
     p.add_argument("--force", action="store_true", help="rebuild cases that are already cached")
+    p.add_argument(
+        "--lock-stale-after",
+        type=float,
+        default=LOCK_STALE_AFTER,
+        metavar="S",
+        help="seconds after which another builder's untouched case lock counts as abandoned (default "
+        "%(default)g); builds on several hosts over one shared CACHE_DIR share the cases safely",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -79,6 +88,20 @@ def _scheme(args: argparse.Namespace, entries: list[dict[str, Any]], where: Path
     return names.pop()
 
 
+def _remove_if_only_ours(cache: PreprocessedCache, created: list[Path]) -> None:
+    """After a failed first build, remove the folders it created if they hold nothing else (no lone
+    settings.json) — never while another builder's cases, temporaries or locks are in them."""
+    root = cache.root
+    if cache.root in created and root.is_dir():
+        locks = root / ".locks"
+        names = {p.name for p in root.iterdir()}
+        if names <= {"settings.json", ".locks"} and not (locks.is_dir() and any(locks.iterdir())):
+            remove_tree(root)
+    if cache.cache_dir in created:
+        with contextlib.suppress(OSError):
+            cache.cache_dir.rmdir()  # only when empty
+
+
 @exits_on_bad_input
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bts-preprocess``."""
@@ -97,17 +120,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = PreprocessedCache(args.output, settings)
     created = [p for p in (cache.cache_dir, cache.root) if not p.exists()]
     try:
-        summary = cache.build(entries, workers=args.workers, progress=not args.no_progress, force=args.force)
+        summary = cache.build(
+            entries,
+            workers=args.workers,
+            progress=not args.no_progress,
+            force=args.force,
+            stale_after=args.lock_stale_after,
+        )
     except BaseException:
-        if not cache.case_ids():  # a failed first build leaves nothing behind (no lone settings.json)
-            for folder in reversed(created):
-                remove_tree(folder)
+        _remove_if_only_ours(cache, created)
         raise
     keys = list(settings.modalities) + ["label"]
     source = sum(os.path.getsize(e[k]) for e in entries for k in keys if k in e)
     size = cache.disk_bytes()
     print(
-        f"{len(entries)} cases in {cache.root} (built {len(summary.built)}, reused {len(summary.reused)}): "
+        f"{len(entries)} cases in {cache.root} (built {len(summary.built)}, reused {len(summary.reused)}"
+        + (f", built by other builders {len(summary.elsewhere)}" if summary.elsewhere else "")
+        + "): "
         f"{size / 1e6:.1f} MB, {size / max(source, 1):.2f}x the {source / 1e6:.1f} MB of source files"
     )
     return 0

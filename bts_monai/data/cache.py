@@ -8,12 +8,37 @@ to target, crop to the brain, normalise) and the result is stored compactly:
 ```
 CACHE_DIR/<settings digest>/        one folder per preprocessing settings (CacheSettings.digest)
   settings.json                     the settings behind the digest, and library versions
+  .locks/<case_id>.lock             while a builder works on the case: its host, pid and start time
   <case_id>/                        appears whole or not at all (built under a temporary name)
+    meta.json                       source files, grids, the crop box; ``data`` names a replacement
     image.b2nd                      float16 (C, *spatial), blosc2, chunked per channel
     target.b2nd                     uint8 (*spatial): bit r = region r ("regions") or class index ("labels")
     fg.b2nd                         int64 flat indices of the voxels MONAI's positive sampling draws from
-    meta.json                       source files, grids and the crop box, to map back to the original
+    v-<token>/                      a rebuilt case's arrays; meta.json's ``data`` points at them
 ```
+
+**Builds several hosts run at once over one shared folder** (every node of a cluster job
+preprocessing the same release) share the work and never delete each other's: a builder works on
+a case only while it holds the case's lock file (created atomically with ``os.link``, which NFS
+and Lustre honour across clients), and re-checks the case after taking it, so each case is built
+once. A lock names its host (``$BTS_HOSTNAME``, else the host name) and pid and is touched every
+few seconds while held. Another builder takes over a lock only when its owner is provably gone:
+on the same host, a pid that no longer runs; on any host, a lock untouched for ``stale_after``
+seconds (:data:`LOCK_STALE_AFTER`; compared against this host's clock, so keep clocks in sync,
+as NTP does on clusters). Temporary folders name their owner the same way and are removed by the
+same rule. The worst a wrongly taken lock can do is build a case twice: the writes below keep the
+case whole either way.
+
+**A case is never absent while it is replaced** (a source changed, or ``force``): the new arrays
+go to ``<case_id>/v-<token>/`` and one ``os.replace`` of ``meta.json`` switches readers over;
+the superseded arrays stay for :data:`SUPERSEDED_GRACE` seconds (readers that read the old
+``meta.json`` a moment earlier still find them) and are removed by a later build.
+
+**A case is rebuilt when a source file changes**, also at the same size (an uncompressed ``.nii``
+has the size its shape fixes): ``meta.json`` records each source's name, size, ``st_mtime_ns``
+and SHA-256. Size and modification time equal: current (one ``stat``, as make and rsync decide).
+Modification time moved (a copy to scratch space, a ``touch``, or an edit): the file is hashed, and
+only a different hash rebuilds; an equal one just records the new time.
 
 Training reads it lazily: :class:`RandCropPreprocessedd` draws crop centres with MONAI's own
 ``RandCropByPosNegLabel`` sampling (from the stored foreground indices) and decompresses only the
@@ -31,9 +56,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import threading
+import time
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +100,9 @@ from bts_monai.errors import BtsInputError
 from bts_monai.labels import get_scheme
 
 __all__ = [
+    "HOST_ENV",
+    "LOCK_STALE_AFTER",
+    "SUPERSEDED_GRACE",
     "CacheSettings",
     "BuildSummary",
     "PreprocessedCache",
@@ -80,6 +113,7 @@ __all__ = [
     "RandCropPreprocessedd",
     "build_cache",
     "decode_target",
+    "host_name",
     "preprocess_case",
     "preprocessed_train_transforms",
     "preprocessed_val_transforms",
@@ -92,7 +126,24 @@ CACHE_FORMAT = 1
 SETTINGS_FILE = "settings.json"
 META_FILE = "meta.json"
 _IMAGE, _TARGET, _FG = "image.b2nd", "target.b2nd", "fg.b2nd"
+_ARRAYS = (_IMAGE, _TARGET, _FG)
 _TMP_PREFIX = ".tmp-"
+_LOCKS = ".locks"
+_VERSION_PREFIX = "v-"
+
+HOST_ENV = "BTS_HOSTNAME"
+"""Environment variable naming this host in lock files and temporary names (default: the host
+name). Set it where several machines report one name (containers on one node with their own pid
+namespaces) — or, in tests, to play two hosts on one machine."""
+
+LOCK_STALE_AFTER = 600.0
+"""Seconds after which a lock (or temporary folder) untouched by its owner counts as abandoned,
+whatever host it names; a live builder touches its lock every :data:`_HEARTBEAT` seconds."""
+
+SUPERSEDED_GRACE = 600.0
+"""Seconds the arrays of a replaced case are kept for readers that read the old ``meta.json``."""
+
+_HEARTBEAT = 20.0
 # Chosen by measuring on the BraTS 2018 cases (benchmarks/README.md): LZ4HC with byte shuffle keeps
 # the float16 brains at 1.37x the .nii.gz size and reads a 128^3 patch about twice as fast as ZSTD
 # (1.2x the size); BLOSCLZ and LZ4 are no faster and larger. Per-channel 64^3 chunks of 32^3
@@ -167,7 +218,11 @@ class BuildSummary:
 
     root: Path
     built: list[str] = field(default_factory=list)
+    """Cases this build preprocessed."""
     reused: list[str] = field(default_factory=list)
+    """Cases already cached from the same file contents."""
+    elsewhere: list[str] = field(default_factory=list)
+    """Cases another builder (process or host) finished while this build ran."""
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -198,20 +253,62 @@ def _write_array(arr: np.ndarray, path: Path, channel_first: bool) -> None:
     )
 
 
-def _source_fingerprint(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[str, list[Any]]:
-    """File name and size per input: a case is rebuilt when either changes.
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
-    Modification times are left out on purpose: copying a dataset to scratch space would
-    otherwise invalidate every case.
+
+def _source_fingerprint(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per input: name, size, ``st_mtime_ns`` and SHA-256 of the whole file (see the module docstring).
+
+    The whole file is hashed, not its first and last blocks: an edited voxel in the middle of an
+    uncompressed ``.nii`` changes neither. It costs one read of a file preprocessing reads anyway
+    (under a tenth of a case's preprocessing time), and is redone later only for a file whose
+    modification time moved. The ``stat`` comes before the hash, so a file changed while it is
+    read shows a newer time than the one recorded, and is hashed again next time.
     """
     out = {}
     for key in keys:
         path = Path(entry[key])
         try:
-            out[key] = [path.name, path.stat().st_size]
+            st = path.stat()
+            out[key] = {"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _file_sha256(path)}
         except OSError as exc:
             raise BtsInputError(path, f"cannot read ({exc.strerror or exc})") from exc
     return out
+
+
+def _source_state(recorded: Any, entry: Mapping[str, Any], keys: Sequence[str], verify: bool) -> str:
+    """How the recorded sources compare with the files now.
+
+    Returns:
+        ``"current"`` (names, sizes and modification times equal), ``"stale"`` (a file differs, is
+        gone, or the record predates content hashes), ``"unverified"`` (only a modification time
+        moved and ``verify`` is off) or ``"touched"`` (a time moved but every hash is the same).
+    """
+    if not isinstance(recorded, dict) or set(recorded) != set(keys):
+        return "stale"
+    state = "current"
+    for key in keys:
+        rec, path = recorded[key], Path(entry[key])
+        try:
+            st = path.stat()
+        except OSError:
+            return "stale"
+        if not isinstance(rec, dict) or rec.get("name") != path.name or rec.get("size") != st.st_size:
+            return "stale"  # also the [name, size] records of earlier versions: they cannot tell an edit
+        if rec.get("mtime_ns") == st.st_mtime_ns:
+            continue
+        if not verify:
+            state = "unverified"
+            continue
+        try:
+            if _file_sha256(path) != rec.get("sha256"):
+                return "stale"
+        except OSError:
+            return "stale"
+        state = "touched"
+    return state
 
 
 def _input_keys(entry: Mapping[str, Any], settings: CacheSettings) -> list[str]:
@@ -314,42 +411,19 @@ def _as_input_error(exc: BaseException, where: Path, case_id: str) -> BtsInputEr
     return BtsInputError(where, f"cannot preprocess case {case_id} ({type(inner).__name__}: {text})")
 
 
-def _write_case(root: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-    """Write one case under a temporary name, then rename it into place (whole or not at all)."""
-    case_id = meta["case_id"]
-    tmp = root / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{case_id}"
-    tmp.mkdir(parents=True)
-    try:
-        _write_array(arrays["image"], tmp / _IMAGE, channel_first=True)
-        if "target" in arrays:
-            _write_array(arrays["target"], tmp / _TARGET, channel_first=False)
-            fg = arrays["fg"]
-            blosc2.asarray(fg, urlpath=str(tmp / _FG), mode="w", chunks=(max(fg.size, 1),), cparams=_cparams())
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))  # last: its presence marks a full case
-        final = root / case_id
-        if final.exists():
-            shutil.rmtree(final)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same case between our check and our rename: keep theirs.
-            if not (final / META_FILE).exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+# ---- who owns what: hosts, pids, locks, temporaries ---------------------------------------------
+def host_name() -> str:
+    """This host's name in lock files: ``$BTS_HOSTNAME`` (:data:`HOST_ENV`), else the host name."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
-def _build_one(entry: dict[str, Any], root: str, settings: CacheSettings) -> tuple[str, str | None, str | None]:
-    """Process-pool worker: ``(case_id, error path, error problem)``; the error travels as text."""
-    torch.set_num_threads(1)
-    try:
-        arrays, meta = preprocess_case(entry, settings)
-        _write_case(Path(root), arrays, meta)
-    except BtsInputError as exc:  # its constructor takes two arguments, so it does not unpickle
-        return str(entry["case_id"]), exc.path, exc.problem
-    return str(entry["case_id"]), None, None
+def _owner_tag() -> str:
+    """``<pid>@<host>`` for temporary names; the host without ``-`` and ``@``, so names parse back."""
+    return f"{os.getpid()}@{re.sub(r'[^A-Za-z0-9._]', '_', host_name())}"
+
+
+def _temp_name(name: str) -> str:
+    return f"{_TMP_PREFIX}{_owner_tag()}-{uuid.uuid4().hex[:8]}-{name}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -360,6 +434,284 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` and (a folder) of anything inside it; 0 when gone."""
+    try:
+        newest = path.stat().st_mtime
+        if path.is_dir():
+            for p in path.rglob("*"):
+                newest = max(newest, p.stat().st_mtime)
+    except OSError:
+        return 0.0
+    return newest
+
+
+def _owner_gone(host: str | None, pid: int | None, touched: float, stale_after: float) -> bool:
+    """The stale rule for locks and temporaries: untouched for ``stale_after`` seconds (any host),
+    or, on this host only, a pid that no longer runs. A foreign pid says nothing here."""
+    if time.time() - touched > stale_after:
+        return True
+    return host == host_name() and pid is not None and not _pid_alive(pid)
+
+
+def _temporary_owner(name: str) -> tuple[str | None, int | None]:
+    """``(host, pid)`` from ``.tmp-<pid>@<host>-...``; names of earlier versions (``.tmp-<pid>-...``,
+    made when builds were single-host) count as this host's; ``(None, None)`` when unparsable."""
+    owner = name[len(_TMP_PREFIX) :].split("-", 1)[0]
+    pid_text, _, host = owner.partition("@")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return None, None
+    if not host:
+        return host_name(), pid
+    return (host_name() if host == _owner_tag().partition("@")[2] else host), pid
+
+
+def _remove_abandoned_temporaries(folder: Path, stale_after: float) -> None:
+    """Remove the temporaries in ``folder`` whose owner is gone (see :func:`_owner_gone`)."""
+    for p in folder.glob(f"{_TMP_PREFIX}*"):
+        host, pid = _temporary_owner(p.name)
+        if _owner_gone(host, pid, _newest_mtime(p), stale_after):
+            logger.info("removing %s, left by an interrupted build", p.name)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+class _CaseLock:
+    """A lock file that names its owner: ``{"host", "pid", "created", "token"}``.
+
+    Our own rather than ``filelock``: its ``fcntl``/``flock`` locks do not reach across NFS clients
+    on every mount and name no owner, and its ``SoftFileLock`` has no rule for an owner that died.
+    The file is written whole under a temporary name and hard-linked into place (``os.link`` fails
+    when the name exists, on local file systems and on NFS alike), so a reader never sees half a
+    lock; where hard links are refused (some FUSE and SMB mounts), an exclusive create does.
+
+    Args:
+        path: the lock file.
+        stale_after: see :data:`LOCK_STALE_AFTER`.
+    """
+
+    def __init__(self, path: Path, stale_after: float = LOCK_STALE_AFTER) -> None:
+        self.path = path
+        self.stale_after = float(stale_after)
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock, breaking it first if its owner is gone; ``False`` while someone holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            if self._create():
+                self._beat = threading.Thread(target=self._heartbeat, name=f"lock {self.path.name}", daemon=True)
+                self._beat.start()
+                return True
+            holder = self.holder()
+            if holder is not None:  # else it was released meanwhile: try again
+                if not self._stale(holder):
+                    return False
+                self._break(holder)
+        return False
+
+    def release(self) -> None:
+        """Give the lock back (only if it is still ours)."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        holder = self.holder()
+        if holder is not None and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock's contents and its last touch (``touched``); ``{}`` when unreadable; ``None`` when free."""
+        try:
+            touched = self.path.stat().st_mtime
+            info = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"touched": _newest_mtime(self.path)}
+        return {**info, "touched": touched} if isinstance(info, dict) else {"touched": touched}
+
+    @staticmethod
+    def describe(holder: Mapping[str, Any]) -> str:
+        """``host:pid`` of a holder, for messages."""
+        return f"{holder.get('host', '?')}:{holder.get('pid', '?')}"
+
+    def _create(self) -> bool:
+        info = {"host": host_name(), "pid": os.getpid(), "created": time.time(), "token": self.token}
+        text = json.dumps(info)
+        tmp = self.path.with_name(_temp_name(self.path.name))
+        tmp.write_text(text)
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _stale(self, holder: Mapping[str, Any]) -> bool:
+        pid = holder.get("pid")
+        pid = pid if isinstance(pid, int) else None
+        return _owner_gone(holder.get("host"), pid, holder["touched"], self.stale_after)
+
+    def _break(self, holder: Mapping[str, Any]) -> None:
+        # Checked again just before: the owner may have released it and another taken it since.
+        now = self.holder()
+        if now is not None and now.get("token") == holder.get("token"):
+            logger.info("taking over %s from %s (gone)", self.path.name, self.describe(holder))
+            self.path.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        interval = min(_HEARTBEAT, self.stale_after / 4)
+        while not self._stop.wait(interval):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+
+# ---- writing a case ----------------------------------------------------------------------------
+def _write_arrays(folder: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    _write_array(arrays["image"], folder / _IMAGE, channel_first=True)
+    if "target" in arrays:
+        _write_array(arrays["target"], folder / _TARGET, channel_first=False)
+        fg = arrays["fg"]
+        blosc2.asarray(fg, urlpath=str(folder / _FG), mode="w", chunks=(max(fg.size, 1),), cparams=_cparams())
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))  # last: its presence marks a full case
+
+
+def _write_case(root: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Write one case under a temporary name, then put it in place without a moment's gap.
+
+    A new case is the temporary folder renamed (whole or not at all). A cached case is replaced by
+    moving the new arrays into ``<case>/v-<token>/`` and then replacing ``meta.json`` (one
+    ``os.replace``) with one that points at them: every reader finds either version, whole.
+    """
+    from bts_monai.fileio import fsync_dir, write_text
+
+    case_id = meta["case_id"]
+    tmp = root / _temp_name(case_id)
+    tmp.mkdir(parents=True)
+    final = root / case_id
+    try:
+        _write_arrays(tmp, arrays, meta)
+        if not final.exists():
+            try:
+                os.rename(tmp, final)
+                fsync_dir(root)
+                return
+            except OSError:  # a builder that took over our lock finished first: replace theirs below
+                if not (final / META_FILE).is_file():
+                    raise
+        version = f"{_VERSION_PREFIX}{uuid.uuid4().hex[:12]}"
+        os.rename(tmp, final / version)
+        write_text(final / META_FILE, json.dumps({**meta, "data": version}, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _referenced(meta: Mapping[str, Any]) -> set[str]:
+    """Names in a case folder that its ``meta.json`` uses."""
+    data = meta.get("data")
+    return {META_FILE, data} if data else {META_FILE, *_ARRAYS}
+
+
+def _collect_case_garbage(case_dir: Path, stale_after: float, grace: float | None = None) -> None:
+    """Under the case's lock: remove a case folder without a readable ``meta.json`` (no reader can use
+    it), or what a replacement superseded once it and ``meta.json`` are ``grace`` seconds old."""
+    if not case_dir.is_dir():
+        return
+    try:
+        meta = json.loads((case_dir / META_FILE).read_text())
+        meta_age = time.time() - (case_dir / META_FILE).stat().st_mtime
+    except (OSError, ValueError):
+        logger.info("removing %s: not a complete case", case_dir)
+        shutil.rmtree(case_dir, ignore_errors=True)
+        return
+    grace = SUPERSEDED_GRACE if grace is None else grace
+    keep = _referenced(meta)
+    for p in case_dir.iterdir():
+        if p.name in keep:
+            continue
+        if p.name.startswith(_TMP_PREFIX):  # a meta.json being replaced by a builder gone since
+            if _owner_gone(None, None, _newest_mtime(p), stale_after):
+                p.unlink(missing_ok=True)
+        elif (p.name.startswith(_VERSION_PREFIX) or p.name in _ARRAYS) and min(
+            meta_age, time.time() - _newest_mtime(p)
+        ) > grace:
+            logger.debug("removing %s, superseded", p)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _case_state(case_dir: Path, entry: Mapping[str, Any], settings: CacheSettings, verify: bool) -> str:
+    """``"missing"``, or :func:`_source_state`'s answer for the cached case (``"stale"`` for other settings)."""
+    try:
+        meta = json.loads((case_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return "missing"
+    if meta.get("settings_digest") != settings.digest:
+        return "stale"
+    return _source_state(meta.get("source"), entry, _input_keys(entry, settings), verify)
+
+
+def _build_one(
+    entry: dict[str, Any],
+    root: str,
+    settings: CacheSettings,
+    force: bool = False,
+    stale_after: float = LOCK_STALE_AFTER,
+) -> tuple[str, str, str | None, str | None]:
+    """Process-pool worker, under the case's lock: ``(case_id, outcome, error path, error problem)``.
+
+    Outcomes: ``built``; ``current`` (another builder made it since the caller looked); ``refreshed``
+    (only modification times moved: recorded anew); ``busy`` (someone holds the lock; the problem
+    slot names them); ``error``. The error travels as text (BtsInputError does not unpickle).
+    """
+    torch.set_num_threads(1)
+    case_id = str(entry["case_id"])
+    case_dir = Path(root) / case_id
+    lock = _CaseLock(Path(root) / _LOCKS / f"{case_id}.lock", stale_after)
+    if not lock.acquire():
+        holder = lock.holder() or {}
+        return case_id, "busy", None, _CaseLock.describe(holder)
+    try:
+        state = "missing" if force else _case_state(case_dir, entry, settings, verify=True)
+        if state == "current":
+            return case_id, "current", None, None
+        if state == "touched":
+            from bts_monai.fileio import write_text
+
+            meta = json.loads((case_dir / META_FILE).read_text())
+            meta["source"] = _source_fingerprint(entry, _input_keys(entry, settings))
+            write_text(case_dir / META_FILE, json.dumps(meta, indent=1))
+            return case_id, "refreshed", None, None
+        _collect_case_garbage(case_dir, stale_after)
+        arrays, meta = preprocess_case(entry, settings)
+        _write_case(Path(root), arrays, meta)
+    except BtsInputError as exc:
+        return case_id, "error", exc.path, exc.problem
+    finally:
+        lock.release()
+    return case_id, "built", None, None
 
 
 # ---- the cache -------------------------------------------------------------------------------
@@ -384,24 +736,20 @@ class PreprocessedCache:
         """Ids of the complete cases on disk, sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / META_FILE).is_file())
+        # Hidden names are temporaries and locks (a case id never starts with a dot).
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / META_FILE).is_file())
 
     def meta(self, case_id: str) -> dict[str, Any]:
-        """The metadata of one cached case."""
-        return json.loads((self.case_dir(case_id) / META_FILE).read_text())
+        """The metadata of one cached case (a copy)."""
+        return copy.deepcopy(_read_meta(self.case_dir(case_id)))
 
     def is_current(self, entry: Mapping[str, Any]) -> bool:
-        """Whether ``entry``'s case is cached with these settings from the same files."""
-        path = self.case_dir(str(entry["case_id"])) / META_FILE
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        try:
-            fingerprint = _source_fingerprint(entry, _input_keys(entry, self.settings))
-        except BtsInputError:
-            return False
-        return meta.get("settings_digest") == self.settings.digest and meta.get("source") == fingerprint
+        """Whether ``entry``'s case is cached with these settings from the same file contents
+        (a file whose modification time moved is hashed; see the module docstring)."""
+        return _case_state(self.case_dir(str(entry["case_id"])), entry, self.settings, verify=True) in (
+            "current",
+            "touched",
+        )
 
     def disk_bytes(self) -> int:
         """Bytes on disk of every cached case."""
@@ -413,17 +761,23 @@ class PreprocessedCache:
         workers: int = 1,
         progress: bool = True,
         force: bool = False,
+        stale_after: float = LOCK_STALE_AFTER,
+        poll: float = 0.5,
     ) -> BuildSummary:
         """Preprocess every entry not yet cached (or cached from other files), in parallel.
 
         Idempotent: current cases are skipped; a crash leaves only temporary folders, removed
-        by the next build.
+        by the next build. Safe to run at once from several processes and hosts over one folder:
+        they share the cases (each built once) and each returns when every entry is cached; a case
+        another builder holds is waited for (see the module docstring).
 
         Args:
             entries: BraTS datalist entries (``case_id``, one path per modality, ``label`` if labelled).
             workers: processes; 0 or 1 preprocesses in this process.
             progress: show a progress bar.
-            force: rebuild current cases too.
+            force: rebuild current cases too (not those another builder finishes while this one waits).
+            stale_after: seconds after which another builder's untouched lock counts as abandoned.
+            poll: seconds between looks at cases another builder holds.
 
         Raises:
             BtsInputError: an LGG entry, a duplicate case id, or a case that cannot be preprocessed.
@@ -439,42 +793,85 @@ class PreprocessedCache:
             seen.add(cid)
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_settings()
-        self._remove_stale_temporaries()
+        _remove_abandoned_temporaries(self.root, stale_after)
+        if (self.root / _LOCKS).is_dir():
+            _remove_abandoned_temporaries(self.root / _LOCKS, stale_after)
         summary = BuildSummary(self.root)
         todo = []
         for e in entries:
-            if not force and self.is_current(e):
+            # One stat per file here; hashing, if a time moved, happens in the workers under the lock.
+            if not force and _case_state(self.case_dir(str(e["case_id"])), e, self.settings, verify=False) == "current":
                 summary.reused.append(str(e["case_id"]))
             else:
                 todo.append(e)
         if not todo:
             logger.info("all %d cases already preprocessed in %s", len(entries), self.root)
+            self._collect_superseded(summary.reused, stale_after)
             return summary
         logger.info("preprocessing %d cases into %s (%d already there)", len(todo), self.root, len(summary.reused))
         bar = tqdm(total=len(todo), desc="preprocessing", unit="case", disable=not progress)
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo))) if workers > 1 else None
+        waited: set[str] = set()
         try:
-            if workers <= 1:
-                for e in todo:
-                    _raise_on_error(_build_one(e, str(self.root), self.settings))
-                    summary.built.append(str(e["case_id"]))
+            pending = [(e, force) for e in todo]
+            while pending:
+                busy = []
+                for e, result in self._run(pool, pending, stale_after):
+                    case_id, outcome, path, problem = result
+                    if outcome == "error":
+                        raise BtsInputError(path, str(problem))
+                    if outcome == "busy":
+                        if case_id not in waited:
+                            logger.info("%s is being built by %s: waiting for it", case_id, problem)
+                        waited.add(case_id)
+                        busy.append((e, False))
+                        continue
+                    {"built": summary.built, "current": summary.elsewhere, "refreshed": summary.reused}[
+                        outcome
+                    ].append(case_id)
                     bar.update()
-            else:
-                with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-                    futures = [pool.submit(_build_one, e, str(self.root), self.settings) for e in todo]
-                    try:
-                        for fut in as_completed(futures):
-                            result = fut.result()
-                            _raise_on_error(result)
-                            summary.built.append(result[0])
-                            bar.update()
-                    except BaseException:
-                        for f in futures:
-                            f.cancel()
-                        raise
+                pending = busy
+                if pending:
+                    time.sleep(poll)
         finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
             bar.close()
-        summary.built.sort()
+        for names in (summary.built, summary.reused, summary.elsewhere):
+            names.sort()
+        self._collect_superseded([str(e["case_id"]) for e in entries], stale_after)
         return summary
+
+    def _collect_superseded(self, case_ids: Sequence[str], stale_after: float) -> None:
+        """Remove what replacements superseded (see :func:`_collect_case_garbage`) in cases no one holds."""
+        for case_id in case_ids:
+            case_dir = self.case_dir(case_id)
+            try:
+                meta = _read_meta(case_dir)
+                extra = set(os.listdir(case_dir)) - _referenced(meta) if meta.get("data") else set()
+            except (BtsInputError, OSError):
+                continue
+            if not extra:
+                continue
+            lock = _CaseLock(self.root / _LOCKS / f"{case_id}.lock", stale_after)
+            if lock.acquire():
+                try:
+                    _collect_case_garbage(case_dir, stale_after)
+                finally:
+                    lock.release()
+
+    def _run(
+        self, pool: ProcessPoolExecutor | None, pending: list[tuple[dict[str, Any], bool]], stale_after: float
+    ) -> Iterator[tuple[dict[str, Any], tuple[str, str, str | None, str | None]]]:
+        """``(entry, result)`` of :func:`_build_one` for each ``(entry, force)``, as they finish."""
+        if pool is None:
+            for e, forced in pending:
+                yield e, _build_one(e, str(self.root), self.settings, forced, stale_after)
+            return
+        root = str(self.root)
+        futures = {pool.submit(_build_one, e, root, self.settings, forced, stale_after): e for e, forced in pending}
+        for f in as_completed(futures):
+            yield futures[f], f.result()
 
     def _write_settings(self) -> None:
         path = self.root / SETTINGS_FILE
@@ -488,22 +885,6 @@ class PreprocessedCache:
             "versions": {"monai": monai.__version__, "torch": torch.__version__, "blosc2": blosc2.__version__},
         }
         _atomic_write_text(path, json.dumps(info, indent=1))
-
-    def _remove_stale_temporaries(self) -> None:
-        for p in self.root.glob(f"{_TMP_PREFIX}*"):
-            try:
-                pid = int(p.name[len(_TMP_PREFIX) :].split("-", 1)[0])
-            except ValueError:
-                continue
-            if not _pid_alive(pid):
-                logger.info("removing %s, left by an interrupted build", p.name)
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _raise_on_error(result: tuple[str, str | None, str | None]) -> None:
-    case_id, path, problem = result
-    if problem is not None:
-        raise BtsInputError(path, problem)
 
 
 def build_cache(
@@ -521,11 +902,49 @@ def build_cache(
 
 
 # ---- reading ---------------------------------------------------------------------------------
+_META_CACHE: OrderedDict[str, tuple[tuple[int, ...], dict[str, Any]]] = OrderedDict()
+_META_CACHE_SIZE = 4096  # cases; a meta.json is about 2 kB parsed
+_META_LOCK = threading.Lock()
+
+
+def _load_meta(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
 def _read_meta(case_dir: Path) -> dict[str, Any]:
+    """A case's ``meta.json``, read once per process while it is unchanged (shared: do not modify).
+
+    Every patch of a case needs it (its grid, its packing); the ``stat`` that revalidates it costs
+    far less than reading and parsing, and a replaced case (a new ``meta.json``: a new inode and
+    time) is read afresh.
+    """
+    path = case_dir / META_FILE
     try:
-        return json.loads((case_dir / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with _META_LOCK:
+            hit = _META_CACHE.get(str(path))
+            if hit is not None and hit[0] == key:
+                _META_CACHE.move_to_end(str(path))
+                return hit[1]
+        meta = _load_meta(path)
+    except (OSError, ValueError) as exc:
         raise BtsInputError(case_dir, "not a complete preprocessed case (run bts-preprocess again)") from exc
+    with _META_LOCK:
+        _META_CACHE[str(path)] = (key, meta)
+        while len(_META_CACHE) > _META_CACHE_SIZE:
+            _META_CACHE.popitem(last=False)
+    return meta
+
+
+def _data_dir(case_dir: Path, meta: Mapping[str, Any]) -> Path:
+    """Where a case's arrays are: its folder, or the ``v-<token>/`` of a replacement."""
+    data = meta.get("data")
+    if not data:
+        return case_dir
+    if not str(data).startswith(_VERSION_PREFIX) or "/" in str(data) or os.sep in str(data):
+        raise BtsInputError(case_dir / META_FILE, f"names a data folder {data!r} outside the case")
+    return case_dir / str(data)
 
 
 def decode_target(packed: torch.Tensor, spec: Mapping[str, Any]) -> torch.Tensor:
@@ -557,8 +976,9 @@ class PreprocessedCase:
     def __init__(self, case_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(case_dir)
         self.meta = _read_meta(self.dir)
-        self.image = _open(self.dir / _IMAGE)
-        self.target = _open(self.dir / _TARGET) if self.meta["target"] else None
+        self.data_dir = _data_dir(self.dir, self.meta)
+        self.image = _open(self.data_dir / _IMAGE)
+        self.target = _open(self.data_dir / _TARGET) if self.meta["target"] else None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -569,7 +989,7 @@ class PreprocessedCase:
         """Flat indices (cached grid, C order) of the voxels positive crops are centred on."""
         if self.target is None:
             raise BtsInputError(self.dir, "case has no label: it cannot give training crops")
-        return np.asarray(_open(self.dir / _FG)[:], dtype=np.int64)
+        return np.asarray(_open(self.data_dir / _FG)[:], dtype=np.int64)
 
     def read_image(self, box: Sequence[slice] | None = None) -> np.ndarray:
         """float16 ``(C, *box)``; the whole case when ``box`` is ``None``."""
