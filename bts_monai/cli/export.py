@@ -1,7 +1,13 @@
 """``bts-export-model CKPT NAME``: package a training checkpoint as a default model folder.
 
-Writes ``<out>/<NAME>/model.safetensors`` (float16 state dict) and ``metadata.json``; the
-training cases come from the run's split file, the validation figures from a ``bts-eval`` CSV.
+Writes ``<out>/<NAME>/model.safetensors`` (float16 state dict), its ONNX export and
+``metadata.json``; the training cases come from the run's split file, the validation figures from
+a ``bts-eval`` CSV.
+
+``bts-export-model MODEL --onnx [OUT]`` writes the ONNX export of a checkpoint or packaged model
+(checked against torch) to ``OUT``, or into the export cache keyed by the weights' SHA-256
+(:func:`~bts_monai.inference.backends.cached_onnx`), ahead of ``bts-infer``'s first use.
+``bts-export-model MODEL --bundle DIR`` writes it as a MONAI bundle (:mod:`bts_monai.model.bundle`).
 """
 
 from __future__ import annotations
@@ -14,14 +20,33 @@ from pathlib import Path
 from typing import Any
 
 from bts_monai.cli._common import exits_on_bad_input, setup_logging
+from bts_monai.errors import BtsInputError
 from bts_monai.model.packaged import MODELS_DIR, export_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's arguments."""
     p = argparse.ArgumentParser(prog="bts-export-model", description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("ckpt", help="training checkpoint (.ckpt)")
-    p.add_argument("name", help="model name (folder name)")
+    p.add_argument(
+        "ckpt",
+        metavar="MODEL",
+        help="training checkpoint (.ckpt); with --onnx/--bundle also a packaged model's folder or name",
+    )
+    p.add_argument("name", nargs="?", help="package the checkpoint as this model name (folder name)")
+    p.add_argument(
+        "--onnx",
+        nargs="?",
+        const="",
+        metavar="OUT",
+        help="write MODEL's ONNX export, checked against torch, to OUT (.onnx) or, without OUT, into the export "
+        "cache keyed by the weights' SHA-256 (where bts-infer looks for a checkpoint's export)",
+    )
+    p.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help="write MODEL as a MONAI bundle in DIR (run it with python -m monai.bundle run, see DIR/docs/README.md)",
+    )
+    p.add_argument("--trusted", action="store_true", help="allow a network class outside the trusted packages")
     p.add_argument("--out", default=str(MODELS_DIR), help="folder of model folders (default: the package's)")
     p.add_argument("--description", default="")
     p.add_argument("--split", help="the run's split/datalist JSON: records which cases trained and validated")
@@ -77,8 +102,17 @@ def _is_number(v: str) -> bool:
 @exits_on_bad_input
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bts-export-model``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.onnx is not None or args.bundle is not None:
+        if args.name:
+            raise BtsInputError(
+                None, "NAME packages a checkpoint; --onnx and --bundle export MODEL as it is (drop NAME)"
+            )
+        return _export(args.ckpt, args.onnx, args.bundle, args.trusted)
+    if not args.name:
+        parser.error("give NAME to package the checkpoint as, or --onnx / --bundle")
     validation = {"mean_per_region": _means(args.eval_csv)}
     if args.baseline_csv:
         validation["untrained_mean_per_region"] = _means(args.baseline_csv)
@@ -91,9 +125,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         validation=validation,
         reproduce={"command": args.command, "seed": args.seed},
         data_license=args.data_license,
+        trusted=args.trusted,
     )
     size = (folder / "model.safetensors").stat().st_size / 1e6
     print(f"packaged {args.name} in {folder} ({size:.1f} MB)")
+    return 0
+
+
+def _export(source: str, onnx: str | None, bundle: str | None, trusted: bool) -> int:
+    """``--onnx`` and ``--bundle``: export a checkpoint or packaged model as it is."""
+    from bts_monai.model.bundle import load_model
+
+    net, config, meta = load_model(source, trusted=trusted)
+    if onnx is not None:
+        from bts_monai.inference.backends import cached_onnx, export_onnx
+
+        if onnx:
+            if not onnx.lower().endswith(".onnx"):
+                raise BtsInputError(onnx, "--onnx OUT must end in .onnx")
+            record = export_onnx(net, config, onnx)
+            print(
+                f"ONNX export: {onnx} ({record['bytes'] / 1e6:.1f} MB), checked with {record['checked_with']}: "
+                f"max |difference| {record['max_abs_diff']:.1e} (tolerance {record['atol']:g} + "
+                f"{record['rtol']:g} x max |torch|)"
+            )
+        else:
+            print(f"ONNX export in the cache: {cached_onnx(net, config)}")
+    if bundle is not None:
+        from bts_monai.model.bundle import missing_bundle_packages, write_bundle
+
+        folder = write_bundle(net, config, bundle, meta)
+        print(f"MONAI bundle: {folder}")
+        print(
+            f"run it: cd {folder} && python -m monai.bundle run --config_file configs/inference.json "
+            "--dataset_dir CASE_OR_CASES --output_dir OUT"
+        )
+        missing = missing_bundle_packages()
+        if missing:
+            print(f"running it needs {', '.join(missing)}: pip install 'bts_monai[bundle]'")
     return 0
 
 
