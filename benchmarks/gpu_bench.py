@@ -10,17 +10,25 @@ Self-contained: synthetic BraTS-sized cases (240x240x155, four modalities and a 
 4. training end to end: loader + step together, samples/s;
 5. inference end to end, seconds per case: read the four .nii.gz, preprocess, sliding-window
    prediction (128^3, overlap 0.5, gaussian), regions -> labels, back to the original grid,
-   write the .nii.gz.
+   write the .nii.gz;
+6. with ``--devices N``: DDP training end to end (torch DistributedDataParallel, one process per
+   GPU, NCCL; each process loads its DistributedSampler share of the cache), samples/s summed over
+   the processes with 1 and with N processes, the scaling ratio and the efficiency (ratio / N).
 
     python benchmarks/gpu_bench.py                         # on the GPU machine (a few minutes)
+    python benchmarks/gpu_bench.py --devices 4             # and DDP over 4 GPUs
+    python benchmarks/gpu_bench.py --devices 4 --ddp-only  # preprocessing and the DDP section only
     python benchmarks/gpu_bench.py --device cpu --quick    # smoke test anywhere (~1-2 minutes)
+    python benchmarks/gpu_bench.py --device cpu --quick --devices 2 --ddp-only   # DDP code path on CPU (gloo)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import tempfile
@@ -113,9 +121,74 @@ def train_steps(net, batches, device, dtype: torch.dtype | None, steps: int, war
 
 
 def forever(loader):
-    """Batches from ``loader``, epoch after epoch."""
+    """Batches from ``loader``, epoch after epoch (a distributed sampler reshuffled each epoch)."""
+    epoch = 0
     while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
         yield from loader
+        epoch += 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_rank(rank: int, world: int, port: int, device_type: str, cache, spec: dict, opts: dict, out: str) -> None:
+    """One DDP process (``torch.multiprocessing.spawn``): train on its share, write its samples/s."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DistributedSampler
+
+    warnings.filterwarnings("ignore", message="Num foregrounds 0")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        if device_type == "cuda":
+            torch.cuda.set_device(rank)
+            torch.backends.cudnn.benchmark = True
+            device = torch.device("cuda", rank)
+        else:
+            torch.set_num_threads(max(1, opts["cpu_threads"] // world))
+            device = torch.device("cpu")
+        roi = opts["roi"]
+        ds = PreprocessedDataset(cache, None, preprocessed_train_transforms((roi,) * 3, num_samples=1))
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=0)
+        workers = max(1, opts["workers"] // world)
+        loader = DataLoader(
+            ds, batch_size=opts["batch"], sampler=sampler, num_workers=workers, persistent_workers=True,
+            pin_memory=device.type == "cuda",
+        )
+        torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
+        net = DistributedDataParallel(build(spec).to(device), device_ids=[rank] if device.type == "cuda" else None)
+        dtype = amp_dtype(device) if opts["amp"] else None
+        rate = train_steps(net, forever(loader), device, dtype, opts["steps"], opts["warmup"])
+        Path(f"{out}.rank{rank}").write_text(json.dumps({"rate": rate, "backend": backend}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def ddp_training(world: int, device_type: str, cache, spec: dict, opts: dict, work: Path) -> tuple[float, str]:
+    """Samples/s of ``world`` DDP processes together (the sum of theirs: the all-reduce keeps them in step)."""
+    out = work / f"ddp{world}"
+    torch.multiprocessing.spawn(
+        ddp_rank, args=(world, _free_port(), device_type, cache, spec, opts, str(out)), nprocs=world, join=True
+    )
+    ranks = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(world)]
+    return sum(r["rate"] for r in ranks), ranks[0]["backend"]
+
+
+def check_devices(requested: int, device: torch.device) -> str | None:
+    """Why ``--devices requested`` cannot run on ``device`` (None when it can)."""
+    if requested < 2:
+        return None
+    if device.type == "cuda" and torch.cuda.device_count() < requested:
+        return f"--devices {requested} needs {requested} CUDA GPUs; torch sees {torch.cuda.device_count()} here"
+    if device.type not in ("cuda", "cpu"):
+        return f"--devices runs DDP on cuda (or on cpu with gloo, as a smoke test), not on {device.type}"
+    return None
 
 
 def infer_case(net, entry: dict, out_dir: Path, device, roi: int, dtype: torch.dtype | None, sw_batch: int) -> float:
@@ -147,7 +220,9 @@ def infer_case(net, entry: dict, out_dir: Path, device, roi: int, dtype: torch.d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="cuda or cpu (default: cuda where torch sees a GPU, else cpu)")
+    p.add_argument("--devices", type=int, default=1, help="N > 1: also DDP training over N GPUs (section 6)")
+    p.add_argument("--ddp-only", action="store_true", help="with --devices: skip sections 2-5")
     p.add_argument("--quick", action="store_true", help="small cases and patches, few steps: a smoke test")
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--batch", type=int, default=2)
@@ -156,7 +231,21 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=REPO / "configs" / "brats21.yaml")
     p.add_argument("--workdir", type=Path, help="keep cases and cache here (default: a temporary folder)")
     args = p.parse_args()
-    device = torch.device(args.device)
+    if args.devices > 1 and args.device is None and not torch.cuda.is_available():
+        # No GPU here: a multi-GPU figure cannot be measured; say so instead of a traceback.
+        # (--device cpu --devices N runs the same DDP code over gloo, as a smoke test.)
+        print(
+            f"gpu_bench: --devices {args.devices} needs {args.devices} CUDA GPUs and torch sees none on this "
+            "machine (torch.cuda.is_available() is False); nothing measured. "
+            f"For the DDP code path on CPU (gloo): --device cpu --devices {args.devices} --quick",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    problem = check_devices(args.devices, device)
+    if problem:
+        print(f"gpu_bench: {problem}; nothing measured", file=sys.stderr)
+        raise SystemExit(2)
     shape, roi, warmup = (240, 240, 155), 128, 3
     if args.quick:
         # 64^3 is the smallest patch the 5-level DynUNet trains on (instance norm needs a 2^3 bottleneck).
@@ -176,6 +265,29 @@ def main() -> None:
     t_pre = (time.perf_counter() - t) / len(entries)
     print(f"preprocessing: {t_pre:.2f} s/case wall with {args.workers} processes {tag}", flush=True)
 
+    spec, source = net_spec(args.config)
+    if args.devices > 1:
+        opts = {
+            "roi": roi, "batch": args.batch, "workers": args.workers, "steps": args.steps, "warmup": warmup,
+            "amp": True, "cpu_threads": torch.get_num_threads(),
+        }  # fmt: skip
+        rates = {}
+        for world in (1, args.devices):
+            rates[world], backend = ddp_training(world, device.type, cache, spec, opts, work)
+            print(
+                f"DDP training end to end ({source}, {world} process{'es' if world > 1 else ''}, {backend}, "
+                f"{str(amp_dtype(device)).replace('torch.', '')}): {rates[world]:.2f} samples/s {tag}",
+                flush=True,
+            )
+        ratio = rates[args.devices] / rates[1]
+        print(
+            f"DDP scaling: {args.devices} processes give {ratio:.2f}x the samples/s of 1 "
+            f"(efficiency {ratio / args.devices:.0%}) {tag}",
+            flush=True,
+        )
+        if args.ddp_only:
+            return
+
     ds = PreprocessedDataset(cache, None, preprocessed_train_transforms((roi,) * 3, num_samples=1))
     loader = DataLoader(
         ds,
@@ -193,7 +305,6 @@ def main() -> None:
         n += next(batches)["image"].shape[0]
     print(f"loader: {n / (time.perf_counter() - t):.1f} samples/s from the cache {tag}", flush=True)
 
-    spec, source = net_spec(args.config)
     torch.manual_seed(0)
     net = build(spec).to(device)
     fixed = next(batches)
