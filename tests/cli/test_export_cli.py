@@ -1,0 +1,107 @@
+"""``bts-export-model MODEL --onnx [OUT]`` and ``--bundle DIR``: exports, checked; one-line refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bts_monai.cli.export import main
+from bts_monai.data.discovery import BRATS_MODALITIES
+from bts_monai.model.spec import sha256_file
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real project checkpoint (the training module's save hook) of a tiny random 3D UNet."""
+    from bts_monai.model.module import BratsSegModule, build_network
+
+    torch.manual_seed(0)
+    net = build_network(
+        "monai.networks.nets.UNet",
+        {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [4, 8], "strides": [2]},
+    )
+    cfg = {
+        "modalities": list(BRATS_MODALITIES),
+        "dataset": "brats2021",
+        "scheme": "brats2021",
+        "label_mode": "regions",
+        "spatial_dims": 3,
+        "roi_size": [16, 16, 16],
+        "intensity": "zscore",
+        "spacing": [2.0, 2.0, 2.0],
+    }
+    module = BratsSegModule(net, data_config=cfg)
+    state: dict = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(state)
+    path = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def _onnx_output(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_onnx_to_a_path_matches_torch(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bts_monai.model.checkpoint import load_checkpoint
+
+    out = tmp_path / "exports" / "tiny.onnx"
+    assert main([str(ckpt), "--onnx", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"ONNX export: {out}" in printed and "checked with" in printed
+    net, _ = load_checkpoint(ckpt)
+    x = np.random.default_rng(0).normal(size=(1, 4, 24, 16, 32)).astype(np.float32)  # not the check's size
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_onnx_output(out, x), want, atol=1e-4)
+
+
+def test_onnx_into_the_cache_keyed_by_sha256(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BTS_ONNX_CACHE", str(tmp_path / "cache"))
+    assert main([str(ckpt), "--onnx"]) == 0
+    expected = tmp_path / "cache" / f"{sha256_file(ckpt)}.onnx"
+    assert expected.is_file()
+    assert str(expected) in capsys.readouterr().out
+
+
+def test_bundle_of_a_checkpoint(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "bundle"
+    assert main([str(ckpt), "--bundle", str(folder)]) == 0
+    assert "python -m monai.bundle run --config_file configs/inference.json" in capsys.readouterr().out
+    config = json.loads((folder / "configs" / "inference.json").read_text())
+    spacing = [t for t in config["preprocessing"]["transforms"] if t["_target_"] == "Spacingd"]
+    assert spacing and spacing[0]["pixdim"] == [2.0, 2.0, 2.0]
+    assert (folder / "models" / "model.pt").is_file()
+
+
+def test_bundle_of_the_packaged_model_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "packaged_bundle"
+    assert main(["brats_unet_2mm", "--bundle", str(folder)]) == 0
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    assert meta["name"] == "brats_unet_2mm" and meta["bts_monai"]["weights"]["file"] == "model.safetensors"
+    assert set(meta["eval_metrics"]) == {"val_mean_dice_tc", "val_mean_dice_wt", "val_mean_dice_et"}
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["{ckpt}", "NAME", "--onnx"], ["drop NAME"]),
+        (["{ckpt}", "--onnx", "{tmp}/model.txt"], ["must end in .onnx"]),
+        (["no_such_model", "--bundle", "{tmp}/b"], ["no_such_model", "not a checkpoint, a model folder"]),
+        (["lgg_unet2d", "--bundle", "{tmp}/b"], ["3D NIfTI models only"]),
+    ],
+)
+def test_refusals_are_one_line(ckpt: Path, tmp_path: Path, one_line_error, args: list[str], needles: list[str]) -> None:
+    argv = [a.format(ckpt=ckpt, tmp=tmp_path) for a in args]
+    assert main(argv) == 2
+    one_line_error(*needles)
+    assert not (tmp_path / "b").exists()
