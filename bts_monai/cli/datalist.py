@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--folds", type=int, default=None, help="k-fold split (e.g. 5) instead of a hold-out")
     split.add_argument("--val-fraction", type=float, default=0.1, help="hold-out validation share (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    p.add_argument("--verify", action="store_true", help="also decode every file and check label values (slower)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also decode every file and check it as bts-infer does (truncated, NaN/Inf or all-zero volumes, "
+        "RGB NIfTI, LGG slices that are not RGB or not the patient's size) and the label values (slower)",
+    )
     nn = p.add_argument_group("nnU-Net export")
     nn.add_argument(
         "--export-nnunet",

@@ -8,6 +8,8 @@ so what one refuses the others refuse too, with the same one-line message.
 * Voxel values (:func:`check_voxels`): no NaN or Inf, not all zero.
 * LGG slices (:func:`read_rgb_slice`, :func:`check_slice_shapes`): readable, RGB, and the size of
   the patient's other slices; the message names the slice at fault.
+* Whole files, decoded (:func:`verify_nifti`, :func:`verify_lgg_patient`): what ``bts-datalist
+  --verify`` runs on every file, so a dataset it passes holds nothing inference would refuse.
 
 Every check raises :class:`~bts_monai.errors.BtsInputError` naming the file and the problem.
 """
@@ -20,11 +22,14 @@ import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bts_monai.errors import BtsInputError
+
+if TYPE_CHECKING:
+    from bts_monai.labels import LabelScheme
 
 __all__ = [
     "GZIP_MAX_RATIO",
@@ -34,6 +39,9 @@ __all__ = [
     "load_nifti",
     "read_rgb_slice",
     "read_tiff",
+    "read_voxels",
+    "verify_lgg_patient",
+    "verify_nifti",
 ]
 
 GZIP_MAX_RATIO = 1032
@@ -212,3 +220,72 @@ def check_slice_shapes(paths: Sequence[str | os.PathLike[str]], shapes: Sequence
         if s != common:
             n_same = sum(x == common for x in shapes)
             raise BtsInputError(p, f"slice shape {s} differs from the {common} of the patient's {n_same} other slices")
+
+
+def read_voxels(path: str | os.PathLike[str], img: Any) -> np.ndarray:
+    """Decode a checked NIfTI image's voxels.
+
+    Raises:
+        BtsInputError: the data cannot be decoded (a truncated or corrupt file).
+    """
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as exc:  # EOFError, zlib.error, OSError... from a cut or damaged file
+        raise BtsInputError(path, f"cannot read the voxels, the file is corrupt or truncated ({exc})") from exc
+
+
+def verify_nifti(
+    path: str | os.PathLike[str],
+    scheme: LabelScheme | None = None,
+    channels: Sequence[str] | None = None,
+) -> None:
+    """Decode a whole NIfTI file and check it as inference and training read it.
+
+    Args:
+        path: the file.
+        scheme: for a label map: its values must be integers of this scheme (an all-zero label
+            map is a case without tumour, and fine). ``None``: an image, whose voxels must be
+            finite and not all zero (each channel of a 4D image on its own).
+        channels: names of a 4D image's channels, for the message.
+
+    Raises:
+        BtsInputError: naming the file and the problem (see :func:`load_nifti`, :func:`check_voxels`).
+    """
+    img = load_nifti(path)
+    data = read_voxels(path, img)
+    if scheme is not None:
+        values = np.unique(data)
+        if not np.array_equal(values, np.round(values)):
+            raise BtsInputError(path, "holds non-integer values; expected a label map")
+        scheme.check_values(values, path)
+    elif data.ndim == 4:
+        names = list(channels or [])
+        for c in range(data.shape[3]):
+            name = f" ({names[c]})" if c < len(names) else ""
+            check_voxels(path, data[..., c], f"channel {c}{name} ")
+    else:
+        check_voxels(path, data)
+    img.uncache()
+
+
+def verify_lgg_patient(
+    images: Sequence[str | os.PathLike[str]], masks: Sequence[str | os.PathLike[str] | None], scheme: LabelScheme
+) -> None:
+    """Decode every slice of an LGG patient and check it as inference reads it: RGB slices of one
+    size (:func:`read_rgb_slice`, :func:`check_slice_shapes`), not all of them zero, and masks of
+    the slice's size with the scheme's values.
+
+    Raises:
+        BtsInputError: naming the slice (or mask) at fault and the problem.
+    """
+    arrays = [read_rgb_slice(p) for p in images]
+    check_slice_shapes(images, [tuple(a.shape) for a in arrays])
+    if arrays and not any(a.any() for a in arrays):
+        raise BtsInputError(Path(images[0]).parent, "is empty: every pixel of every slice is zero")
+    for image, arr, mask in zip(images, arrays, masks):
+        if mask is None:
+            continue
+        m = read_tiff(mask)
+        if m.shape != arr.shape[:2]:
+            raise BtsInputError(mask, f"mask shape {m.shape} differs from its slice's {arr.shape[:2]} ({image})")
+        scheme.check_values(np.unique(m), mask)

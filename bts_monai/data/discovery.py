@@ -576,7 +576,9 @@ def _entry_path(entry: dict[str, Any]) -> str:
 def check_case(entry: dict[str, Any], full: bool = False) -> None:
     """Check one entry's files: its images and label share one grid
     (:func:`~bts_monai.data.layouts.check_same_grid`), a 4D image has the channels its
-    ``dataset.json`` names; with ``full``, every file decodes and labels lie in the entry's scheme.
+    ``dataset.json`` names; with ``full``, every file decodes and passes what inference checks
+    (:func:`~bts_monai.data.checks.verify_nifti`, :func:`~bts_monai.data.checks.verify_lgg_patient`)
+    and labels lie in the entry's scheme.
 
     Header reads are cheap (no voxel decoding), so discovery commands run them for every case.
 
@@ -585,9 +587,12 @@ def check_case(entry: dict[str, Any], full: bool = False) -> None:
     """
     import nibabel as nib
 
+    from bts_monai.data.checks import verify_lgg_patient, verify_nifti
+
     if "slices" in entry:
         if full:
-            _check_lgg(entry)
+            slices = entry["slices"]
+            verify_lgg_patient([s["image"] for s in slices], [s.get("label") for s in slices], entry_scheme(entry))
         return
     ref: tuple[str, tuple[int, ...], Any] | None = None
     keys = [m for m in BRATS_MODALITIES if m in entry] + [k for k in ("image", "label") if k in entry]
@@ -596,11 +601,10 @@ def check_case(entry: dict[str, Any], full: bool = False) -> None:
         try:
             img = nib.load(path)
             shape, affine = tuple(int(s) for s in img.shape), img.affine
-            data = np.asanyarray(img.dataobj) if full else None
         except Exception as exc:  # nibabel raises many types for corrupt files
             raise BtsInputError(path, f"cannot read as NIfTI ({type(exc).__name__}: {exc})") from exc
+        channels = entry.get("channels") or MSD_CHANNELS
         if key == "image":
-            channels = entry.get("channels") or MSD_CHANNELS
             if len(shape) != 4 or shape[3] != len(channels):
                 raise BtsInputError(
                     path,
@@ -614,29 +618,8 @@ def check_case(entry: dict[str, Any], full: bool = False) -> None:
             ref = (path, shape, affine)
         else:
             layouts.check_same_grid(path, shape, affine, *ref)
-        if data is None:
-            continue
-        if key == "label":
-            values = np.unique(data)
-            if not np.array_equal(values, np.round(values)):
-                raise BtsInputError(path, "holds non-integer values; expected a label map")
-            entry_scheme(entry).check_values(values, path)
-        elif not np.isfinite(data).all():
-            raise BtsInputError(path, "contains NaN or Inf voxels")
-
-
-def _check_lgg(entry: dict[str, Any]) -> None:
-    import tifffile
-
-    scheme = entry_scheme(entry)
-    for s in entry["slices"]:
-        for key in ("image", "label"):
-            try:
-                arr = tifffile.imread(s[key])
-            except Exception as exc:
-                raise BtsInputError(s[key], f"cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
-            if key == "label":
-                scheme.check_values(np.unique(arr), s[key])
+        if full:
+            verify_nifti(path, entry_scheme(entry) if key == "label" else None, channels if key == "image" else None)
 
 
 def split_entries(

@@ -93,3 +93,27 @@ def test_module_entry_point(tmp_path: Path) -> None:
     assert done.returncode == 0 and "--lesion-wise" in done.stdout
     done = subprocess.run([*run, "only-one-argument"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "usage: bts-eval" in done.stderr
+
+
+def test_a_failing_plot_leaves_no_csv(
+    dataset: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 item 9: the CSV and the plot appear together or not at all; a plot format
+    matplotlib cannot write is refused before the scoring."""
+    from matplotlib.figure import Figure
+
+    pred, gt = dataset
+    out = tmp_path / "res"
+    assert main([str(pred), str(gt), "-o", str(out / "m.csv"), "--plot", str(out / "m.xyz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.xyz: cannot plot to .xyz files" in err[0]
+    assert not out.exists() or list(out.iterdir()) == []
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("no font")  # a failure while drawing, after the CSV was staged
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    assert main([str(pred), str(gt), "-o", str(out / "m.csv"), "--plot", str(out / "m.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "m.png: cannot draw the plot (RuntimeError: no font)" in err[0]
+    assert not out.exists() or list(out.iterdir()) == []

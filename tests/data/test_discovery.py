@@ -170,7 +170,7 @@ def test_truncated_nifti(tmp_path: Path, capsys):
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
     err = _cli_error([str(tmp_path), "-o", str(tmp_path / "d.json"), "--verify"], capsys)
-    assert "BraTS2021_00001_flair.nii.gz: cannot read as NIfTI" in err
+    assert "BraTS2021_00001_flair.nii.gz: " in err and "truncated" in err
 
 
 def test_corrupt_nifti(tmp_path: Path, capsys):
