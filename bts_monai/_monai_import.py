@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 __all__ = ["UNUSED_BY_INFERENCE", "import_monai"]
 
@@ -35,6 +36,9 @@ def import_monai() -> None:
         # Every LoadImage logs that the optional GPU DICOM decoder is absent: nothing a user can act on,
         # and it would break the CLIs' one-line errors.
         logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+        # With pydicom installed (the dicom extra) every LoadImage also builds MONAI's GPU DICOM
+        # reader, which warns once that its decoder plugin is absent: same story, as a warning.
+        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: ", category=UserWarning)
         for name in blocked:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]

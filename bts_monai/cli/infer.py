@@ -18,6 +18,7 @@ from bts_monai.inference.predictor import (
     default_model_path,
     one_line,
 )
+from bts_monai.inference.sharding import check_part, part_path
 from bts_monai.labels import SCHEMES, get_scheme
 
 PROG = "bts-infer"
@@ -52,6 +53,7 @@ examples:
   bts-infer BraTS2021_00000/ --ckpt run.ckpt -o seg.nii.gz --report r.json --overlay o.png
   bts-infer cases/ --ckpt run.ckpt -o out/ --report volumes.csv
   bts-infer --flair f.nii.gz --t1 t1.nii.gz --t1ce t1ce.nii.gz --t2 t2.nii.gz --ckpt run.ckpt
+  bts-infer cases/ -o out/ --num-parts 8 --part-id $SLURM_ARRAY_TASK_ID --skip-existing   # one of 8 array tasks
 """
 
 
@@ -98,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--probabilities", action="store_true", help="also write per-region probability maps")
     out.add_argument("--report", metavar="PATH", help="volumes as .json or .csv (one file for all cases)")
     out.add_argument("--overlay", metavar="PATH", help="three-plane overlay .png (several inputs: a folder)")
+    cluster = p.add_argument_group("many cases over a cluster (bts_monai.inference.sharding)")
+    cluster.add_argument(
+        "--num-parts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the cases into N parts: sorted by case id, dealt round-robin (default 1)",
+    )
+    cluster.add_argument(
+        "--part-id",
+        type=int,
+        default=0,
+        metavar="K",
+        help="segment only part K (0 to N-1), e.g. $SLURM_ARRAY_TASK_ID; --report gets .partKofN in its name",
+    )
+    cluster.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip cases whose outputs all exist and read back whole; redo the others (replacing a truncated file)",
+    )
     add_speed_arguments(p)
     from bts_monai.inference.display import CONVENTIONS, DEFAULT_CONVENTION
 
@@ -124,12 +146,18 @@ def format_summary(results: Sequence[CaseResult]) -> str:
     for r in results:
         vols = [("-" if r.volumes_ml.get(k) is None else f"{r.volumes_ml[k]:.2f}") for k in regions]
         where = str(r.outputs[0]) if r.ok and r.outputs else (r.error or "")
-        rows.append([r.case_id, "ok" if r.ok else "FAILED", *vols, f"{r.seconds:.1f}", where])
+        status = "skipped" if r.skipped else "ok" if r.ok else "FAILED"
+        rows.append([r.case_id, status, *vols, f"{r.seconds:.1f}", where])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     widths[-1] = 0
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *rows]]
     n_bad = sum(not r.ok for r in results)
-    lines.append(f"{len(results) - n_bad} of {len(results)} cases segmented" + (f", {n_bad} failed" if n_bad else ""))
+    n_skipped = sum(r.skipped for r in results)
+    lines.append(
+        f"{len(results) - n_bad} of {len(results)} cases segmented"
+        + (f" ({n_skipped} complete already: skipped)" if n_skipped else "")
+        + (f", {n_bad} failed" if n_bad else "")
+    )
     return "\n".join(lines)
 
 
@@ -144,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_part(args.num_parts, args.part_id)  # before the model loads
     setup_logging(args.verbose)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
@@ -192,15 +221,19 @@ def _main(argv: Sequence[str] | None) -> int:
         overlay=args.overlay,
         progress=not args.quiet and sys.stderr.isatty(),
         overwrite=args.overwrite,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        skip_existing=args.skip_existing,
     )
     if len(results) == 1 and results[0].ok:
         r = results[0]
         vols = ", ".join(f"{k} {v:.2f} mL" for k, v in r.volumes_ml.items() if v is not None)
-        print(f"{r.case_id}: {', '.join(str(o) for o in r.outputs)}" + (f" ({vols})" if vols else ""))
+        done = " (complete already: skipped)" if r.skipped else ""
+        print(f"{r.case_id}: {', '.join(str(o) for o in r.outputs)}" + (f" ({vols})" if vols else "") + done)
     else:
         print(format_summary(results))
     if args.report and len(results) > 1 and any(r.ok for r in results):
-        print(f"report: {args.report}")
+        print(f"report: {part_path(args.report, args.num_parts, args.part_id)}")
     return 0 if all(r.ok for r in results) else EXIT_BAD_INPUT
 
 

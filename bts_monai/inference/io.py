@@ -97,9 +97,11 @@ class CaseInput:
 
     Args:
         case_id: name used for outputs (``<case_id>_seg.nii.gz``).
-        kind: ``"nifti"`` (one file per modality), ``"nifti4d"`` (one 4D file) or ``"tiff"``.
+        kind: ``"nifti"`` (one file per modality), ``"nifti4d"`` (one 4D file), ``"tiff"`` or
+            ``"dicom"`` (a study folder, :mod:`bts_monai.inference.dicom`).
         source: what the user gave (file or folder), for messages and reports.
-        files: modality -> path (``"nifti"``), or ``{"image": path}`` (``"nifti4d"``).
+        files: modality -> path (``"nifti"``), ``{"image": path}`` (``"nifti4d"``) or
+            ``{"study": folder}`` (``"dicom"``).
         slices: TIFF slice paths in slice order (``"tiff"``).
         channel_order: names of a 4D file's channels along its last axis (default: the model's).
         scheme: the label scheme of the dataset the case comes from (BraTS 2023 names: ``brats2023``;
@@ -133,6 +135,9 @@ class LoadedCase:
         channels: channel names of ``image``.
         scheme: the input dataset's label scheme (:attr:`CaseInput.scheme`), ``None`` when unknown.
         files: every file the case was read from (outputs are never written over them).
+        dicom: for a DICOM study, the :class:`~bts_monai.inference.dicom.DicomStudy` read (its
+            series, reference grid and registrations: what a DICOM SEG references and the
+            report records); ``None`` otherwise.
     """
 
     case_id: str
@@ -145,6 +150,7 @@ class LoadedCase:
     channels: tuple[str, ...] = ()
     scheme: Any = None
     files: tuple[str, ...] = ()
+    dicom: Any = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -301,7 +307,7 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 path,
                 "no case found: expected BraTS case folders (<case>_{flair,t1,t1ce,t2}.nii.gz or "
                 "<case>-{t2f,t1n,t1c,t2w}.nii.gz), 4D NIfTI files, nnU-Net channel files (<case>_0000.nii.gz...), "
-                "or LGG patient folders of .tif slices",
+                "LGG patient folders of .tif slices, or DICOM files (none is DICOM Part 10 here)",
             )
         out += found
     return out
@@ -363,7 +369,8 @@ def resolve_input(
             from bts_monai.inference.dicom import holds_dicom
 
             if holds_dicom(path):  # a DICOM study folder (bts_monai.inference.dicom)
-                return CaseInput(path.name, "dicom", src)
+                # The folder is kept in files: callers may rename the source for display (bts-serve).
+                return CaseInput(path.name, "dicom", src, files={"study": src})
             raise BtsInputError(
                 path,
                 "no BraTS modality files (<case>_flair.nii.gz, <case>-t2f.nii.gz...), TIFF slices or DICOM files here",

@@ -50,6 +50,7 @@ from bts_monai.inference.io import (
 )
 from bts_monai.inference.overlay import png_bytes, three_plane_overlay
 from bts_monai.inference.report import check_report_path, format_report, provenance, volume_report, write_report
+from bts_monai.inference.sharding import outputs_complete, part_path, segmentation_labels, select_part
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 from bts_monai.model.spec import check_settings, inference_settings
 
@@ -273,6 +274,7 @@ class CaseResult:
         seconds: wall time for the case.
         error: the one-line problem when ``ok`` is false.
         report: the case's volume report (see :func:`~bts_monai.inference.report.volume_report`).
+        skipped: the case's outputs were complete already (``skip_existing``): nothing was written.
     """
 
     case_id: str
@@ -283,6 +285,7 @@ class CaseResult:
     seconds: float = 0.0
     error: str | None = None
     report: dict[str, Any] | None = field(default=None, repr=False)
+    skipped: bool = False
 
 
 class Predictor:
@@ -687,6 +690,9 @@ class Predictor:
         overlay: str | os.PathLike[str] | None = None,
         progress: bool = True,
         overwrite: bool = False,
+        num_parts: int = 1,
+        part_id: int = 0,
+        skip_existing: bool = False,
     ) -> list[CaseResult]:
         """Segment inputs and write the results; what ``bts-infer`` does.
 
@@ -705,6 +711,10 @@ class Predictor:
             overlay: one input: a ``.png``; several: a folder for ``<case>_overlay.png``.
             progress: progress bars (over cases, or over one case's windows).
             overwrite: replace existing output files (never the run's inputs).
+            num_parts: split the cases into this many parts (:mod:`~bts_monai.inference.sharding`)...
+            part_id: ...and segment only this one (from 0); a report gets the part in its name.
+            skip_existing: skip cases whose outputs are all there and read back whole; redo (and
+                replace the files of) the others.
 
         Returns:
             One :class:`CaseResult` per case. With one input, a bad input raises instead.
@@ -724,11 +734,24 @@ class Predictor:
         if report is not None:
             check_report_path(report)
         plan = _OutputPlan.make(output, overlay, many)
-        guard = _OutputGuard(_run_inputs(items), overwrite)
+        guard = _OutputGuard(_run_inputs(items), overwrite or skip_existing)  # incomplete outputs are redone
+        if num_parts != 1 or part_id != 0:
+            items = select_part(items, num_parts, part_id, lambda item: self._case_key(item, channel_order))
+            report = None if report is None else part_path(report, num_parts, part_id)
+            if not items:
+                return []
         if not many:
             return [
                 self._run_one(
-                    items[0], plan, channel_order, probabilities, report, progress, raise_errors=True, guard=guard
+                    items[0],
+                    plan,
+                    channel_order,
+                    probabilities,
+                    report,
+                    progress,
+                    raise_errors=True,
+                    guard=guard,
+                    skip_existing=skip_existing,
                 )
             ]
         if report is not None:
@@ -740,8 +763,18 @@ class Predictor:
         self.progress = False
         bar = tqdm(items, desc="cases", unit="case", disable=not progress)
         for item in bar:
-            res = self._run_one(item, plan, channel_order, probabilities, None, False, used=used, guard=guard)
-            bar.set_postfix_str(f"{res.case_id}: {'ok' if res.ok else 'failed'}")
+            res = self._run_one(
+                item,
+                plan,
+                channel_order,
+                probabilities,
+                None,
+                False,
+                used=used,
+                guard=guard,
+                skip_existing=skip_existing,
+            )
+            bar.set_postfix_str(f"{res.case_id}: {'skipped' if res.skipped else 'ok' if res.ok else 'failed'}")
             results.append(res)
         bar.close()
         if report is not None:
@@ -761,6 +794,7 @@ class Predictor:
         raise_errors: bool = False,
         used: set[str] | None = None,
         guard: _OutputGuard | None = None,
+        skip_existing: bool = False,
     ) -> CaseResult:
         start = time.perf_counter()
         source = item.source if isinstance(item, CaseInput) else str(item)
@@ -773,8 +807,11 @@ class Predictor:
                 case_input.case_id = case_id
             seg_path, overlay_path = plan.paths(case_input)
             _check_seg_path(seg_path, case_input.kind)
+            targets = output_files(seg_path, self.region_names, probabilities, report, overlay_path)
+            if skip_existing and outputs_complete(targets):
+                return self._skipped(case_input, targets, start)
             if guard is not None:  # before the case is read and segmented, not after
-                guard.check(output_files(seg_path, self.region_names, probabilities, report, overlay_path))
+                guard.check(targets)
             case = load_case(case_input, self.inputs)
             case.scheme = case_input.scheme
             self.progress = progress
@@ -800,6 +837,27 @@ class Predictor:
             {r["region"]: r["volume_ml"] for r in rep["regions"]},
             time.perf_counter() - start,
             report=rep,
+        )
+
+    def _case_key(self, item: Path | CaseInput, channel_order: Sequence[str] | None) -> str:
+        """The case id an input will be written under (its path's name when it does not resolve)."""
+        if isinstance(item, CaseInput):
+            return item.case_id
+        try:
+            return resolve_input(item, self.inputs, channel_order).case_id
+        except BtsInputError:
+            return Path(item).name
+
+    def _skipped(self, case_input: CaseInput, outputs: list[Path], start: float) -> CaseResult:
+        """A case whose outputs are complete: its volumes counted from the segmentation written before."""
+        labels, voxel_size = segmentation_labels(outputs[0])
+        scheme = self.output_scheme_for(case_input)  # type: ignore[arg-type]
+        rep = volume_report(labels, scheme, voxel_size, case_input.case_id, case_input.source, self.provenance())
+        logger.info("%s: outputs complete, skipped", case_input.case_id)
+        volumes = {r["region"]: r["volume_ml"] for r in rep["regions"]}
+        seconds = time.perf_counter() - start
+        return CaseResult(
+            case_input.case_id, case_input.source, True, outputs, volumes, seconds, report=rep, skipped=True
         )
 
 
