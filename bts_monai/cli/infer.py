@@ -33,6 +33,9 @@ inputs:
   a 4D NIfTI                   modalities on the last axis, in the model's order (else --channel-order)
   explicit files               --flair F --t1 F --t1ce F --t2 F (those the model reads)
   LGG slices (2D LGG models)   a .tif slice, or a patient folder of <patient>_<n>.tif slices
+  a DICOM study                a folder of DICOM series (one per sequence, at any depth), matched to
+                               the modalities by SeriesDescription/ProtocolName (else --series);
+                               skull stripping is not done: give skull-stripped series
   many                         several of the above, or a folder of them: one after another, a bad
                                case is reported and skipped; exit status 2 if any failed
 
@@ -48,12 +51,14 @@ outputs:
                    no float16; every reader returns floats in [0, 1])
   --report         voxel counts and volumes (mL, from the header's voxel size) per label and region
   --overlay        the regions in colour on axial, coronal and sagittal slices through the tumour
+  --dicom-seg      a DICOM SEG on the reference series' grid (PACS viewers, OHIF, 3D Slicer)
 
 examples:
   bts-infer BraTS2021_00000/ --ckpt run.ckpt -o seg.nii.gz --report r.json --overlay o.png
   bts-infer cases/ --ckpt run.ckpt -o out/ --report volumes.csv
   bts-infer --flair f.nii.gz --t1 t1.nii.gz --t1ce t1ce.nii.gz --t2 t2.nii.gz --ckpt run.ckpt
   bts-infer cases/ -o out/ --num-parts 8 --part-id $SLURM_ARRAY_TASK_ID --skip-existing   # one of 8 array tasks
+  bts-infer study/ --register --dicom-seg seg.dcm -o seg.nii.gz --report r.json
 """
 
 
@@ -66,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="case folders, 4D NIfTI, TIFF slices or folders of them")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="case folders, 4D NIfTI, TIFF slices, DICOM study folders, or folders of them",
+    )
     p.add_argument("--ckpt", metavar="PATH", help="checkpoint from `bts-train fit` (default: the packaged model)")
     p.add_argument(
         "--model",
@@ -100,6 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--probabilities", action="store_true", help="also write per-region probability maps")
     out.add_argument("--report", metavar="PATH", help="volumes as .json or .csv (one file for all cases)")
     out.add_argument("--overlay", metavar="PATH", help="three-plane overlay .png (several inputs: a folder)")
+    dicom = p.add_argument_group("DICOM studies (pip install 'bts_monai[dicom]')")
+    dicom.add_argument(
+        "--series",
+        action="append",
+        default=[],
+        metavar="MOD=SERIES",
+        help="the series of a modality: its SeriesInstanceUID or exact SeriesDescription/ProtocolName "
+        "(repeatable; e.g. flair=1.2.840.113619.2.55.3.1234 or 't1ce=AX T1 POST')",
+    )
+    dicom.add_argument(
+        "--register",
+        action="store_true",
+        help="resample series on other voxel grids rigidly onto the reference series (SimpleITK; the "
+        "report records each transform); without it such series are an error",
+    )
+    dicom.add_argument(
+        "--register-to", metavar="MOD", help="the reference series' modality (default: t1ce); implies --register"
+    )
+    dicom.add_argument(
+        "--dicom-seg",
+        metavar="OUT.dcm",
+        help="also write a DICOM Segmentation object on the reference series' grid (several inputs: a folder)",
+    )
     cluster = p.add_argument_group("many cases over a cluster (bts_monai.inference.sharding)")
     cluster.add_argument(
         "--num-parts",
@@ -210,6 +243,14 @@ def _main(argv: Sequence[str] | None) -> int:
             predictor.output_scheme = get_scheme(args.output_scheme)
         except ValueError as exc:
             raise BtsInputError(None, f"--output-scheme: {exc}") from None
+    if args.series or args.register or args.register_to:
+        from bts_monai.inference.dicom import DicomOptions, parse_series_overrides
+
+        predictor.dicom_options = DicomOptions(
+            parse_series_overrides(args.series, predictor.modalities),
+            register=args.register or args.register_to is not None,
+            reference=args.register_to,
+        )
     order = [c.strip() for c in args.channel_order.split(",")] if args.channel_order else None
     results = predictor.run(
         args.inputs,
@@ -224,6 +265,7 @@ def _main(argv: Sequence[str] | None) -> int:
         num_parts=args.num_parts,
         part_id=args.part_id,
         skip_existing=args.skip_existing,
+        dicom_seg=args.dicom_seg,
     )
     if len(results) == 1 and results[0].ok:
         r = results[0]

@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from bts_monai.data import layouts
 from bts_monai.errors import BtsInputError
 
 __all__ = [
     "DICOM_EXTRA",
-    "GRID_ATOL_MM",
     "MODALITY_RULES",
     "DicomOptions",
     "DicomSeries",
@@ -59,10 +59,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DICOM_EXTRA = "DICOM input needs the optional packages: pip install 'bts_monai[dicom]'"
-
-GRID_ATOL_MM = 1e-3
-"""Two series are on one grid when their shapes agree and their affines differ by at most this
-(mm, per matrix entry): the tolerance NIfTI cases are checked with in :mod:`bts_monai.inference.io`."""
 
 _SPACING_RTOL = 0.01
 """Slice gaps may differ from their median by 1 % (scanners write positions rounded to ~0.01 mm)."""
@@ -428,13 +424,15 @@ def _decode(pydicom: Any, path: Path, series: DicomSeries) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # no decoder for the transfer syntax, or corrupt compressed data
-        ts = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in ds else None
+        meta = getattr(ds, "file_meta", None)
+        ts = meta.get("TransferSyntaxUID") if meta is not None else None
         ts_name = f"{ts.name} ({ts})" if ts is not None else "unknown transfer syntax"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0].rstrip(" :") if str(exc).strip() else type(exc).__name__
         raise BtsInputError(
             None,
             f"{series.name}: cannot decode the pixel data of {path.name}, transfer syntax {ts_name}: {first} "
-            "(decompress the series, e.g. with `gdcmconv --raw`, or install python-gdcm)",
+            "(decompress the series, e.g. with `gdcmconv --raw`, or install the decoders: "
+            "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)",
         ) from exc
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
@@ -463,9 +461,15 @@ def load_series(series: DicomSeries) -> SeriesVolume:
     return SeriesVolume(series, data, lps_to_ras(affine_lps), [series.headers[i] for i in order])
 
 
+def grid_mismatch(a: SeriesVolume, b: SeriesVolume, b_name: str | None = None) -> str | None:
+    """Why ``a`` is not on ``b``'s voxel grid (the one rule and tolerance of
+    :func:`bts_monai.data.layouts.grid_mismatch`; ``b_name`` names ``b`` in it), ``None`` when it is."""
+    return layouts.grid_mismatch(a.shape, a.affine, b.shape, b.affine, b_name or b.series.name)
+
+
 def same_grid(a: SeriesVolume, b: SeriesVolume) -> bool:
-    """Whether two volumes share shape and affine (within :data:`GRID_ATOL_MM`)."""
-    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=GRID_ATOL_MM, rtol=0))
+    """Whether two volumes share shape and affine (see :func:`grid_mismatch`)."""
+    return grid_mismatch(a, b) is None
 
 
 # ---- a study -> the model's channels on one grid ---------------------------------------------------
@@ -518,7 +522,7 @@ class DicomStudy:
 def _reference_modality(modalities: Sequence[str], wanted: str | None) -> str:
     if wanted is not None:
         if wanted not in modalities:
-            raise BtsInputError(None, f"--register-onto {wanted}: the model reads only {', '.join(modalities)}")
+            raise BtsInputError(None, f"--register-to {wanted}: the model reads only {', '.join(modalities)}")
         return wanted
     return "t1ce" if "t1ce" in modalities else modalities[0]
 
@@ -544,7 +548,8 @@ def load_study(
         image = np.empty((len(modalities), *ref.shape), dtype=np.float32)
         for c, m in enumerate(modalities):
             vol = volumes[m]
-            if m == ref_mod or same_grid(vol, ref):
+            mismatch = None if m == ref_mod else grid_mismatch(vol, ref, ref_mod)
+            if mismatch is None:
                 image[c] = vol.data
             elif options.register:
                 from bts_monai.inference.registration import register_rigid
@@ -556,7 +561,7 @@ def load_study(
                 raise BtsInputError(
                     None,
                     f"{vol.series.name} ({m}) and {ref.series.name} ({ref_mod}) are on different voxel grids "
-                    f"(shape {vol.shape} vs {ref.shape}); pass --register to resample them rigidly onto {ref_mod}",
+                    f"({mismatch}); pass --register to resample {m} rigidly onto {ref_mod}",
                 )
             if m != ref_mod:
                 vol.data = np.empty(0, dtype=np.float32)  # free each series once it is on the grid
@@ -577,7 +582,8 @@ def load_study(
 def loaded_case(case: Any, model: Any) -> Any:
     """A :class:`~bts_monai.inference.io.CaseInput` of kind ``"dicom"`` read as a
     :class:`~bts_monai.inference.io.LoadedCase` on the reference series' grid; the NIfTI outputs
-    get that grid's affine (qform/sform code 1, scanner), ``case.dicom`` the :class:`DicomStudy`.
+    get that grid's affine (qform/sform code 1, scanner), ``.dicom`` the :class:`DicomStudy`
+    (what a DICOM SEG references and the report records).
 
     Raises:
         BtsInputError: see :func:`load_study`; a 2D TIFF model.
@@ -588,7 +594,7 @@ def loaded_case(case: Any, model: Any) -> Any:
 
     if model.tiff or model.spatial_dims != 3:
         raise BtsInputError(case.source, f"holds DICOM series (3D volumes), but the checkpoint is {model.describe()}")
-    study = load_study(case.source, model.modalities, case.dicom_options)
+    study = load_study(case.files.get("study", case.source), model.modalities, case.dicom_options)
     shape = study.image.shape[1:]
     ref = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), study.affine)
     ref.set_qform(study.affine, code=1)
@@ -603,6 +609,6 @@ def loaded_case(case: Any, model: Any) -> Any:
         ref,
         channels=tuple(model.modalities),
         files=files,
+        dicom=study,
     )
-    out.dicom = study  # type: ignore[attr-defined]
     return out

@@ -18,6 +18,7 @@ source images, so the result validates as the standard asks.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,9 @@ def _hd() -> Any:
         import highdicom
     except ImportError as exc:
         raise BtsInputError(None, "--dicom-seg needs highdicom: pip install 'bts_monai[dicom]'") from exc
+    # highdicom logs every attribute module it copies at INFO (a dozen lines per SEG), which would
+    # bury bts-infer's own messages; its warnings still show.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     return highdicom
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "default_model_path",
     "one_line",
     "output_files",
+    "check_dicom_seg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,9 +132,13 @@ class Prediction:
         return self.scheme.to_regions(self.labels)
 
     def report(self) -> dict[str, Any]:
-        """Voxel counts and volumes (mL) per label and per region, and the provenance (see :func:`volume_report`)."""
+        """Voxel counts and volumes (mL) per label and per region (see :func:`volume_report`); for a
+        DICOM study also ``"dicom"``: the series used, the reference grid and any registration."""
         case = self.case
-        return volume_report(self.labels, self.scheme, case.voxel_size, case.case_id, case.source, self.provenance)
+        rep = volume_report(self.labels, self.scheme, case.voxel_size, case.case_id, case.source, self.provenance)
+        if self.case.dicom is not None:
+            rep["dicom"] = self.case.dicom.report()
+        return rep
 
     def overlay(self, alpha: float = 0.45) -> np.ndarray:
         """Axial, coronal and sagittal views through the tumour's centre, with edge letters, as an RGB array."""
@@ -158,10 +163,11 @@ class Prediction:
         report: str | os.PathLike[str] | None = None,
         overlay: str | os.PathLike[str] | None = None,
         overwrite: bool = True,
+        dicom_seg: str | os.PathLike[str] | None = None,
     ) -> list[Path]:
-        """Write the segmentation (and optionally per-region probabilities, the report and the
-        overlay PNG) atomically: all files appear together or none does, and never over a file
-        the case was read from.
+        """Write the segmentation (and optionally per-region probabilities, the report, the
+        overlay PNG and a DICOM SEG) atomically: all files appear together or none does, and never
+        over a file the case was read from.
 
         Args:
             path: the segmentation: ``.nii.gz``/``.nii`` for NIfTI inputs; for TIFF inputs ``.tif``
@@ -170,6 +176,8 @@ class Prediction:
             report: a ``.json`` or ``.csv`` path for this case's volumes.
             overlay: a ``.png`` path for the three-plane overlay.
             overwrite: replace existing files (other than the case's inputs); ``False`` refuses them.
+            dicom_seg: a ``.dcm`` path for a DICOM Segmentation object on the reference series'
+                grid (DICOM study inputs only, :mod:`~bts_monai.inference.dicom_seg`).
 
         Returns:
             The files written.
@@ -184,11 +192,20 @@ class Prediction:
             check_report_path(report)
         if overlay is not None:
             _check_png(overlay)
+        if dicom_seg is not None:
+            check_dicom_seg(dicom_seg, self.case)
         staged = StagedFiles(protect=self.case.files, overwrite=overwrite)
         try:
-            for target in output_files(path, self.region_names, probabilities, report, overlay):
+            for target in output_files(path, self.region_names, probabilities, report, overlay, dicom_seg):
                 staged.check(target)  # all refusals before any work
             self._stage(staged, path, probabilities)
+            if dicom_seg is not None:
+                from bts_monai.inference.dicom_seg import write_dicom_seg
+
+                prov = self.provenance or {}
+                model = (str(prov.get("model_name") or "bts_monai model"), str(prov.get("model_version") or "unknown"))
+                args = (self.labels, self.case.dicom.reference.headers, self.scheme, *model)
+                staged.add(dicom_seg, lambda tmp: write_dicom_seg(tmp, *args))
             if overlay is not None:
                 png = png_bytes(self.overlay())
                 staged.add(overlay, lambda tmp: tmp.write_bytes(png))
@@ -228,14 +245,27 @@ def output_files(
     probabilities: bool = False,
     report: str | os.PathLike[str] | None = None,
     overlay: str | os.PathLike[str] | None = None,
+    dicom_seg: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
     """Every file :meth:`Prediction.save` writes for these arguments, in writing order."""
     seg = Path(seg_path)
     out = [seg]
     if probabilities:
         out += [_probability_path(_probability_base(seg), name) for name in region_names]
-    out += [Path(p) for p in (overlay, report) if p is not None]
+    out += [Path(p) for p in (dicom_seg, overlay, report) if p is not None]
     return out
+
+
+def check_dicom_seg(path: str | os.PathLike[str], case: LoadedCase | CaseInput) -> None:
+    """A DICOM SEG output needs a ``.dcm`` name and a DICOM study as the case's input.
+
+    Raises:
+        BtsInputError: naming the output or the input.
+    """
+    if not os.fspath(path).lower().endswith(".dcm"):
+        raise BtsInputError(path, "a DICOM SEG output must end in .dcm")
+    if case.kind != "dicom" and getattr(case, "dicom", None) is None:
+        raise BtsInputError(case.source, "--dicom-seg needs a DICOM study as input (a folder of DICOM series)")
 
 
 def _probability_path(base: Path, region: str) -> Path:
@@ -375,6 +405,9 @@ class Predictor:
         self.output_scheme: str | LabelScheme | None = None
         """Write labels in this scheme; ``None`` (default): the input dataset's own (a BraTS 2023-named
         case gets 2023 values, an nnU-Net set its dataset.json's), else the model's."""
+        self.dicom_options: Any = None
+        """How DICOM study inputs are read (:class:`~bts_monai.inference.dicom.DicomOptions`: series
+        overrides, rigid registration, reference series); ``None``: the defaults."""
         self.label_mode = str(config["label_mode"])
         if self.label_mode not in ("regions", "labels"):
             raise ValueError(f"label_mode must be 'regions' or 'labels', not {self.label_mode!r}")
@@ -641,8 +674,14 @@ class Predictor:
             source = explicit_case(source, self.inputs)
         elif not isinstance(source, CaseInput):
             source = resolve_input(source, self.inputs, channel_order)
-        case = load_case(source, self.inputs)
+        case = load_case(self._with_dicom_options(source), self.inputs)
         case.scheme = source.scheme
+        return case
+
+    def _with_dicom_options(self, case: CaseInput) -> CaseInput:
+        """``case`` with :attr:`dicom_options` when it is a DICOM study given without its own."""
+        if case.kind == "dicom" and case.dicom_options is None:
+            case.dicom_options = self.dicom_options
         return case
 
     def predict(
@@ -693,6 +732,7 @@ class Predictor:
         num_parts: int = 1,
         part_id: int = 0,
         skip_existing: bool = False,
+        dicom_seg: str | os.PathLike[str] | None = None,
     ) -> list[CaseResult]:
         """Segment inputs and write the results; what ``bts-infer`` does.
 
@@ -715,6 +755,8 @@ class Predictor:
             part_id: ...and segment only this one (from 0); a report gets the part in its name.
             skip_existing: skip cases whose outputs are all there and read back whole; redo (and
                 replace the files of) the others.
+            dicom_seg: DICOM study inputs: a DICOM SEG per case; one input: a ``.dcm`` (or a folder
+                for ``<case>_seg.dcm``), several: a folder.
 
         Returns:
             One :class:`CaseResult` per case. With one input, a bad input raises instead.
@@ -733,7 +775,7 @@ class Predictor:
         many = len(items) > 1 or any(Path(p).is_dir() and Path(p) not in items for p in inputs)
         if report is not None:
             check_report_path(report)
-        plan = _OutputPlan.make(output, overlay, many)
+        plan = _OutputPlan.make(output, overlay, many, dicom_seg)
         guard = _OutputGuard(_run_inputs(items), overwrite or skip_existing)  # incomplete outputs are redone
         if num_parts != 1 or part_id != 0:
             items = select_part(items, num_parts, part_id, lambda item: self._case_key(item, channel_order))
@@ -806,18 +848,21 @@ class Predictor:
                 case_id = _unique(case_id, used)
                 case_input.case_id = case_id
             seg_path, overlay_path = plan.paths(case_input)
+            seg_dcm = plan.dicom_seg_path(case_input)
             _check_seg_path(seg_path, case_input.kind)
-            targets = output_files(seg_path, self.region_names, probabilities, report, overlay_path)
+            if seg_dcm is not None:
+                check_dicom_seg(seg_dcm, case_input)
+            targets = output_files(seg_path, self.region_names, probabilities, report, overlay_path, seg_dcm)
             if skip_existing and outputs_complete(targets):
                 return self._skipped(case_input, targets, start)
             if guard is not None:  # before the case is read and segmented, not after
                 guard.check(targets)
-            case = load_case(case_input, self.inputs)
+            case = load_case(self._with_dicom_options(case_input), self.inputs)
             case.scheme = case_input.scheme
             self.progress = progress
             pred = self.predict_case(case, keep_image=False)
             overwrite = guard is None or guard.overwrite
-            outputs = pred.save(seg_path, probabilities, report, overlay_path, overwrite=overwrite)
+            outputs = pred.save(seg_path, probabilities, report, overlay_path, overwrite=overwrite, dicom_seg=seg_dcm)
         except Exception as exc:
             if raise_errors:
                 raise
@@ -895,9 +940,36 @@ class _OutputPlan:
     file: Path | None = None
     overlay_file: Path | None = None
     overlay_folder: Path | None = None
+    dicom_seg_file: Path | None = None
+    dicom_seg_folder: Path | None = None
 
     @classmethod
     def make(
+        cls,
+        output: str | os.PathLike[str] | None,
+        overlay: str | os.PathLike[str] | None,
+        many: bool,
+        dicom_seg: str | os.PathLike[str] | None = None,
+    ) -> _OutputPlan:
+        plan = cls._make(output, overlay, many)
+        if dicom_seg is not None:
+            seg = Path(dicom_seg)
+            if many and os.fspath(dicom_seg).lower().endswith(".dcm"):
+                raise BtsInputError(seg, "with several inputs, --dicom-seg takes a folder for <case>_seg.dcm")
+            if many or seg.is_dir():
+                plan.dicom_seg_folder = seg
+            else:
+                plan.dicom_seg_file = seg
+        return plan
+
+    def dicom_seg_path(self, case: CaseInput) -> Path | None:
+        """Where ``case``'s DICOM SEG goes (``None``: none asked for)."""
+        if self.dicom_seg_folder is not None:
+            return self.dicom_seg_folder / f"{case.case_id}_seg.dcm"
+        return self.dicom_seg_file
+
+    @classmethod
+    def _make(
         cls, output: str | os.PathLike[str] | None, overlay: str | os.PathLike[str] | None, many: bool
     ) -> _OutputPlan:
         out = Path(output) if output is not None else None

@@ -22,8 +22,9 @@ from bts_monai.errors import BtsInputError
 
 __all__ = ["register_rigid", "to_sitk", "ras_matrix", "SAMPLING_SEED"]
 
-SAMPLING_SEED = 0
-"""Seed of the metric's random sampling: the same inputs give the same transform."""
+SAMPLING_SEED = 20250101
+"""Seed of the metric's random sampling: the same inputs give the same transform (ITK reads a
+seed of 0, ``sitk.sitkWallClock``, as "seed from the clock")."""
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
