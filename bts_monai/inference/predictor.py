@@ -11,7 +11,8 @@ Why it is fast on a CPU: a BraTS volume is mostly background, so windows cover o
 box (8 windows of 128³ instead of 18 for a 240x240x155 scan); windows run one at a time (larger
 batches are slower on CPUs); the gaussian weight map is computed once per predictor; no autograd
 state is kept (``torch.inference_mode``). Peak memory is that of one window plus a few copies of
-the volume.
+the volume. With several cases, the next case is read (gzip decoding, checks) in a background
+thread while the current one is segmented, one case ahead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -733,6 +736,7 @@ class Predictor:
         part_id: int = 0,
         skip_existing: bool = False,
         dicom_seg: str | os.PathLike[str] | None = None,
+        prefetch: bool = True,
     ) -> list[CaseResult]:
         """Segment inputs and write the results; what ``bts-infer`` does.
 
@@ -757,6 +761,9 @@ class Predictor:
                 replace the files of) the others.
             dicom_seg: DICOM study inputs: a DICOM SEG per case; one input: a ``.dcm`` (or a folder
                 for ``<case>_seg.dcm``), several: a folder.
+            prefetch: with several cases, read the next case in a background thread while the
+                current one is segmented (one case ahead, so at most two are in memory); a case's
+                reading errors are reported for that case, in order, as without it.
 
         Returns:
             One :class:`CaseResult` per case. With one input, a bad input raises instead.
@@ -803,21 +810,17 @@ class Predictor:
         results: list[CaseResult] = []
         used: set[str] = set()
         self.progress = False
-        bar = tqdm(items, desc="cases", unit="case", disable=not progress)
-        for item in bar:
-            res = self._run_one(
-                item,
-                plan,
-                channel_order,
-                probabilities,
-                None,
-                False,
-                used=used,
-                guard=guard,
-                skip_existing=skip_existing,
-            )
-            bar.set_postfix_str(f"{res.case_id}: {'skipped' if res.skipped else 'ok' if res.ok else 'failed'}")
-            results.append(res)
+        bar = tqdm(total=len(items), desc="cases", unit="case", disable=not progress)
+
+        def read(item: Path | CaseInput) -> _ReadCase:
+            return self._read_one(item, plan, channel_order, probabilities, None, used, guard, skip_existing)
+
+        with closing(_read_ahead(items, read, prefetch)) as cases:
+            for case in cases:
+                res = self._finish_one(case, probabilities, None, False, raise_errors=False, guard=guard)
+                bar.update(1)
+                bar.set_postfix_str(f"{res.case_id}: {'skipped' if res.skipped else 'ok' if res.ok else 'failed'}")
+                results.append(res)
         bar.close()
         if report is not None:
             reports = [r.report for r in results if r.ok and r.report is not None]
@@ -838,31 +841,75 @@ class Predictor:
         guard: _OutputGuard | None = None,
         skip_existing: bool = False,
     ) -> CaseResult:
-        start = time.perf_counter()
+        read = self._read_one(item, plan, channel_order, probabilities, report, used, guard, skip_existing)
+        return self._finish_one(read, probabilities, report, progress, raise_errors, guard)
+
+    def _read_one(
+        self,
+        item: Path | CaseInput,
+        plan: _OutputPlan,
+        channel_order: Sequence[str] | None,
+        probabilities: bool,
+        report: str | os.PathLike[str] | None,
+        used: set[str] | None,
+        guard: _OutputGuard | None,
+        skip_existing: bool,
+    ) -> _ReadCase:
+        """A case's reading half (what the prefetch thread runs): resolve the input, check its
+        outputs, read and check its files. An error is kept in the result, for
+        :meth:`_finish_one` to raise in the case's turn."""
         source = item.source if isinstance(item, CaseInput) else str(item)
         case_id = item.case_id if isinstance(item, CaseInput) else Path(item).name
+        read = _ReadCase(source, case_id, time.perf_counter())
         try:
             case_input = item if isinstance(item, CaseInput) else resolve_input(item, self.inputs, channel_order)
-            case_id = case_input.case_id
+            read.case_id = case_input.case_id
             if used is not None:
-                case_id = _unique(case_id, used)
-                case_input.case_id = case_id
-            seg_path, overlay_path = plan.paths(case_input)
-            seg_dcm = plan.dicom_seg_path(case_input)
-            _check_seg_path(seg_path, case_input.kind)
-            if seg_dcm is not None:
-                check_dicom_seg(seg_dcm, case_input)
-            targets = output_files(seg_path, self.region_names, probabilities, report, overlay_path, seg_dcm)
+                read.case_id = _unique(read.case_id, used)
+                case_input.case_id = read.case_id
+            read.seg_path, read.overlay_path = plan.paths(case_input)
+            read.seg_dcm = plan.dicom_seg_path(case_input)
+            _check_seg_path(read.seg_path, case_input.kind)
+            if read.seg_dcm is not None:
+                check_dicom_seg(read.seg_dcm, case_input)
+            targets = output_files(
+                read.seg_path, self.region_names, probabilities, report, read.overlay_path, read.seg_dcm
+            )
             if skip_existing and outputs_complete(targets):
-                return self._skipped(case_input, targets, start)
+                read.result = self._skipped(case_input, targets, read.start)
+                return read
             if guard is not None:  # before the case is read and segmented, not after
                 guard.check(targets)
-            case = load_case(self._with_dicom_options(case_input), self.inputs)
-            case.scheme = case_input.scheme
+            read.case = load_case(self._with_dicom_options(case_input), self.inputs)
+            read.case.scheme = case_input.scheme
+        except Exception as exc:
+            read.error = exc
+        return read
+
+    def _finish_one(
+        self,
+        read: _ReadCase,
+        probabilities: bool,
+        report: str | os.PathLike[str] | None,
+        progress: bool,
+        raise_errors: bool = False,
+        guard: _OutputGuard | None = None,
+    ) -> CaseResult:
+        """A read case's segmenting half: the network over it, its files written; or its error."""
+        if read.result is not None:
+            return read.result
+        source, case_id = read.source, read.case_id
+        try:
+            if read.error is not None:
+                raise read.error
+            case, read.case = read.case, None  # the run keeps no case once it is segmented
+            assert case is not None and read.seg_path is not None
             self.progress = progress
             pred = self.predict_case(case, keep_image=False)
             overwrite = guard is None or guard.overwrite
-            outputs = pred.save(seg_path, probabilities, report, overlay_path, overwrite=overwrite, dicom_seg=seg_dcm)
+            outputs = pred.save(
+                read.seg_path, probabilities, report, read.overlay_path, overwrite=overwrite, dicom_seg=read.seg_dcm
+            )
         except Exception as exc:
             if raise_errors:
                 raise
@@ -872,7 +919,7 @@ class Predictor:
             else:  # not the input's fault: keep the traceback in the log, go on with the others
                 logger.exception("skipping %s after an unexpected error", source)
                 message = f"{source}: {type(exc).__name__}: {exc}"
-            return CaseResult(case_id, source, False, seconds=time.perf_counter() - start, error=message)
+            return CaseResult(case_id, source, False, seconds=time.perf_counter() - read.start, error=message)
         rep = pred.report()
         return CaseResult(
             case_id,
@@ -880,7 +927,7 @@ class Predictor:
             True,
             outputs,
             {r["region"]: r["volume_ml"] for r in rep["regions"]},
-            time.perf_counter() - start,
+            time.perf_counter() - read.start,
             report=rep,
         )
 
@@ -904,6 +951,45 @@ class Predictor:
         return CaseResult(
             case_input.case_id, case_input.source, True, outputs, volumes, seconds, report=rep, skipped=True
         )
+
+
+@dataclass
+class _ReadCase:
+    """One case of :meth:`Predictor.run` after its reading half (:meth:`Predictor._read_one`)."""
+
+    source: str
+    case_id: str
+    start: float
+    case: LoadedCase | None = None
+    seg_path: Path | None = None
+    overlay_path: Path | None = None
+    seg_dcm: Path | None = None
+    result: CaseResult | None = None
+    """Set when the case needs no segmenting (its outputs are complete, ``skip_existing``)."""
+    error: Exception | None = None
+
+
+def _read_ahead(items: Sequence[Any], read: Callable[[Any], _ReadCase], ahead: bool = True) -> Iterator[_ReadCase]:
+    """``read(item)`` of each item, in order. With ``ahead``, the next item is read in one
+    background thread while the caller segments the current one (isal's gzip decoding releases
+    the GIL, as the network's runtimes do, so the two overlap); never more than one ahead.
+
+    Close the iterator (:func:`contextlib.closing`) when stopping early: its thread is then joined.
+    """
+    if not ahead or len(items) < 2:
+        for item in items:
+            yield read(item)
+        return
+    # A pool of one worker rather than a thread per case: futures carry each result (and any
+    # BaseException) back in order, and leaving the block joins the worker.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bts-prefetch") as pool:
+        pending = pool.submit(read, items[0])
+        for i in range(len(items)):
+            current = pending.result()
+            if i + 1 < len(items):
+                pending = pool.submit(read, items[i + 1])
+            yield current
+            del current  # the caller holds the case while it is segmented, this frame does not
 
 
 @dataclass
