@@ -555,7 +555,11 @@ def load_study(
                 from bts_monai.inference.registration import register_rigid
 
                 image[c], registrations[m] = register_rigid(ref.data, ref.affine, vol.data, vol.affine)
+                # Interpolation spreads a skull-stripped series' edge into the background; the
+                # models expect one brain mask for all channels (zero outside), so the reference's.
+                image[c][ref.data == 0] = 0
                 registrations[m]["series_instance_uid"] = vol.series.uid
+                registrations[m]["zeroed_outside_reference"] = True
                 logger.info("%s: %s registered onto %s (%s)", folder.name, m, ref_mod, registrations[m]["summary"])
             else:
                 raise BtsInputError(

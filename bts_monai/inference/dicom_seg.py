@@ -5,12 +5,13 @@ with **highdicom** (the maintained library for DICOM SEG/SR from the Imaging Dat
 which fills in the multi-frame functional groups, references and per-frame positions from the
 source images, so the result validates as the standard asks.
 
-* One segment per tumour label of the model's scheme, coded as the DICOM standard's context group
-  CID 7168 "Brain Lesion Segmentation Type With Necrosis" codes them: necrosis (SNOMED CT 6574001;
-  the group's note says the same concept serves for non-enhancing tumour, BraTS' NCR/NET and
-  NETC), oedema (SNOMED CT 79654002), enhancing lesion (NCIt C113842: CID 7168 has no SNOMED CT
-  concept for it), all in the category morphologically abnormal structure (SNOMED CT 49755003),
-  anatomic region brain (SNOMED CT 12738006).
+* One segment per tumour label of the model's scheme, with the codes of the DICOM standard's
+  context group CID 7168 "Brain Lesion Segmentation Type With Necrosis" (pydicom's
+  ``codes.cid7168``): necrosis (SNOMED CT 6574001) for BraTS' necrotic and non-enhancing core
+  (NCR/NET, NETC: one label that leads with necrosis; its segment label names both), oedema
+  (SNOMED CT 79654002) for ED and SNFH, enhancing lesion (NCIt C113842: the group has no SNOMED CT
+  concept for it) for ET; all in the category morphologically abnormal structure (SNOMED CT
+  49755003), anatomic region brain (SNOMED CT 12738006).
 * Algorithm identification: the model's name and version, family "artificial intelligence".
 * Frames lie on the reference series' grid, one per source slice (empty slices are omitted, as
   highdicom does by default), each referencing its source image.

@@ -1,13 +1,16 @@
 """Rigid co-registration of one MR sequence onto another (same patient, same session).
 
 **SimpleITK** does the work: the maintained wrapper of ITK's registration framework, with wheels
-for every platform on PyPI and no binaries to fetch at run time (ANTsPy's wheels are ~10x larger
-and its rigid registration is the same ITK code underneath). The recipe is the standard one for
-intra-subject multi-modal MR: a 6-parameter Euler transform starting at the identity (scanner
-coordinates of one session already roughly agree; centring the image grids would add an offset when
-fields of view differ), Mattes mutual information (the sequences' intensities are not related
-linearly), regular-step gradient descent with physically scaled steps, three resolution levels
-(shrink 4/2/1, smoothing 2/1/0 mm) and a fixed random sampling seed so a run is repeatable.
+for every platform on PyPI, no binaries to fetch at run time and no pins on numpy or scipy.
+ANTsPy (``antspyx`` 0.6) runs the same ITK optimisers but pins ``numpy<2.4`` and ``scipy<1.16``
+(this project runs numpy 2.4) and pulls pandas, statsmodels and scikit-learn, so it is not used.
+
+The recipe is the standard one for intra-subject multi-modal MR: a 6-parameter Euler transform
+starting at the identity (scanner coordinates of one session already roughly agree; centring the
+image grids would add an offset when fields of view differ), Mattes mutual information (the
+sequences' intensities are not related linearly), regular-step gradient descent with physically
+scaled steps, three resolution levels (shrink 4/2/1, smoothing 2/1/0 mm) and a fixed random
+sampling seed so a run is repeatable.
 Measured speed and accuracy: ``benchmarks/README.md`` (DICOM registration).
 """
 

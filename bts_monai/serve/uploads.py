@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,12 +246,12 @@ class UploadedCase:
     """One case arranged from an upload, under server-chosen names.
 
     Args:
-        kind: ``"volume"`` (one 4D NIfTI), ``"modalities"`` (one NIfTI per modality, by suffix) or
-            ``"slices"`` (LGG TIFF slices of one patient).
+        kind: ``"volume"`` (one 4D NIfTI), ``"modalities"`` (one NIfTI per modality, by suffix),
+            ``"slices"`` (LGG TIFF slices of one patient) or ``"study"`` (a zip of a DICOM study).
         name: display name (from the browser's names, sanitised).
         folder: the folder holding the arranged files.
-        files: the arranged files: ``{"image": path}``, ``{modality: path}`` or ``{"<n>": path}``
-            (slice number, ascending).
+        files: the arranged files: ``{"image": path}``, ``{modality: path}``, ``{"<n>": path}``
+            (slice number, ascending) or ``{"study": folder}`` (the zip's files, unpacked).
         names: server path -> browser name, to name files in messages.
         ignored: browser names of files not used (label files, masks).
         scheme: the label scheme of the dataset whose names the files carry (BraTS 2023 names:
@@ -294,12 +295,14 @@ def arrange_case(files: list[ReceivedFile], dest: str | os.PathLike[str]) -> Upl
     empty = [n for f, n in zip(files, names) if f.size == 0]
     if empty:
         raise BtsInputError(empty[0], "the file is empty")
+    if len(files) == 1 and names[0].lower().endswith(".zip"):
+        return _arrange_study(files[0], names[0], dest)
     unknown = [n for n in names if not (layouts.is_nifti_path(n) or layouts.is_tiff_path(n))]
     if unknown:
         raise BtsInputError(
             unknown[0],
             "not a NIfTI (.nii, .nii.gz) or TIFF (.tif) file; upload a 4D NIfTI, the four "
-            "modality files of a BraTS case, or the TIFF slices of an LGG patient",
+            "modality files of a BraTS case, the TIFF slices of an LGG patient, or a .zip of a DICOM study",
         )
     nifti = [(f, n) for f, n in zip(files, names) if layouts.is_nifti_path(n)]
     tiff = [(f, n) for f, n in zip(files, names) if layouts.is_tiff_path(n)]
@@ -315,6 +318,58 @@ def arrange_case(files: list[ReceivedFile], dest: str | os.PathLike[str]) -> Upl
         names = {str(target): name, str(dest): "the upload"}
         return UploadedCase("volume", display_name(stem), dest, {"image": target}, names)
     return _arrange_modalities(nifti, dest)
+
+
+MAX_STUDY_BYTES = 2 * 2**30
+"""Most bytes a zipped study may unpack to (a brain MR study is ~50-500 MB): a zip bomb stops here."""
+
+MAX_STUDY_FILES = 20000
+"""Most files a zipped study may hold."""
+
+
+def _arrange_study(f: ReceivedFile, name: str, dest: Path) -> UploadedCase:
+    """Unpack a zip of a DICOM study into ``dest/study`` under server-chosen names.
+
+    Member names never become paths: each file is written as ``<n>_<sanitised base name>`` (DICOM
+    is grouped by the UIDs in the files, not by folders or names), folders and hidden files
+    (``__MACOSX/``, ``.DS_Store``) are skipped, and the bytes written are counted against
+    :data:`MAX_STUDY_BYTES` whatever the archive's headers claim.
+    """
+    study = dest / "study"
+    study.mkdir()
+    names = {str(dest): "the upload", str(study): f"the study in {display_name(name, 'the zip')}"}
+    try:
+        archive = zipfile.ZipFile(f.path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BtsInputError(name, f"not a readable zip archive ({exc})") from None
+    written = 0
+    with archive:
+        members = [
+            m
+            for m in archive.infolist()
+            if not m.is_dir() and not any(part.startswith((".", "__MACOSX")) for part in re.split(r"[\\/]", m.filename))
+        ]
+        if len(members) > MAX_STUDY_FILES:
+            raise BtsInputError(name, f"holds {len(members)} files, more than the {MAX_STUDY_FILES} a study may have")
+        if not members:
+            raise BtsInputError(name, "the zip archive holds no files")
+        for n, member in enumerate(members):
+            target = study / f"{n:05d}_{display_name(_base(member.filename), 'file')}"
+            try:
+                with archive.open(member) as src, open(target, "xb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > MAX_STUDY_BYTES:
+                            limit = f"{MAX_STUDY_BYTES / 2**20:.0f} MB"
+                            raise BtsInputError(name, f"unpacks to more than {limit}, more than a study may take")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as exc:
+                # corrupt data, an encrypted member (RuntimeError), an unsupported compression method
+                raise BtsInputError(name, f"cannot unpack {member.filename} ({exc})") from None
+            names[str(target)] = member.filename
+    os.remove(f.path)  # the zip itself is no longer needed; keep the job folder's size honest
+    stem = name[: -len(".zip")]
+    return UploadedCase("study", display_name(stem, "study"), study, {"study": study}, names)
 
 
 def _arrange_modalities(nifti: list[tuple[ReceivedFile, str]], dest: Path) -> UploadedCase:

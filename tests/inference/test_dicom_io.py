@@ -181,3 +181,63 @@ def test_missing_sequence(cases, tmp_path, tiny_ckpt, one_line_error):
     study = copy_study(cases["tiny_study"], tmp_path / "study")
     shutil.rmtree(study / "t2")
     _refused(study, tiny_ckpt, tmp_path, one_line_error, "no t2 series found", "--series t2=")
+
+
+# ---- a zipped study uploaded to bts-serve ----------------------------------------------------------
+def _zip_study(study: Path, path: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    """The study as a zip archive (its folders kept), plus ``extra`` members."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(study.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{study.name}/{f.relative_to(study)}")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return path.read_bytes()
+
+
+def _post(client, name: str, data: bytes):
+    boundary = "dicomzipboundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return client.post("/api/jobs", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+
+
+def test_zipped_study_on_bts_serve(cases, tmp_path, tiny_ckpt):
+    """A zip of a study dropped on bts-serve's page is segmented like the study folder; member
+    names never become paths (``../``, macOS ``__MACOSX/`` junk); a broken study in a zip is
+    refused in one line naming the zip and the series."""
+    pytest.importorskip("fastapi")
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from bts_monai.inference.predictor import Predictor
+    from bts_monai.serve.app import create_app
+
+    predictor = Predictor.from_checkpoint(tiny_ckpt, device="cpu", backend="torch")
+    junk = {"__MACOSX/tiny_study/._IM1.dcm": b"\0" * 200, "../../escaped.dcm": b"not DICOM" * 30}
+    good = _zip_study(cases["tiny_study"], tmp_path / "study.zip", junk)
+    broken = copy_study(cases["tiny_study"], tmp_path / "broken")
+    series_files(broken, "flair")[5][1].unlink()
+    bad = _zip_study(broken, tmp_path / "broken.zip")
+    work = tmp_path / "work"
+    with TestClient(create_app(predictor, work)) as client:
+        resp = _post(client, "study.zip", good)
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["id"]
+        for _ in range(600):
+            job = client.get(f"/api/jobs/{job_id}").json()
+            if job["state"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert job["state"] == "done", job
+        refused = _post(client, "broken.zip", bad)
+    assert refused.status_code == 422
+    message = refused.json()["error"]
+    assert "broken.zip" in message and "AX T2 FLAIR" in message and "1 slice(s) missing" in message
+    assert "\n" not in message and str(work) not in message
+    assert not list(tmp_path.rglob("escaped.dcm")) and not (tmp_path.parent / "escaped.dcm").exists()

@@ -38,6 +38,7 @@ def _reference_series(study: Path, seg: pydicom.Dataset):
     return load_series(series)
 
 
+@pytest.mark.slow
 def test_real_case_round_trip(real_data, model, tmp_path):
     """The whole real case (240x240x155, four series of shuffled files): DICOM -> segmentation ->
     DICOM SEG -> highdicom equals the NIfTI path's segmentation of the same case, voxel for voxel;
@@ -82,7 +83,7 @@ def test_oblique_study_through_bts_infer(real_data, model, tmp_path):
     nifti = small_case(real_case(real_data), tmp_path / "nifti", step=2, oblique=True)
     study = study_of(nifti, tmp_path / "study", shuffle_seed=3)
     out = tmp_path / "out"
-    common = [str(model), "-q", "--backend", "torch"]
+    common = [str(model), "-q"]
     assert main([str(nifti), "--ckpt", *common, "-o", str(out / "nifti_seg.nii.gz")]) == 0
     assert main([str(study), "--ckpt", *common, "-o", str(out / "seg.nii.gz"), "--dicom-seg", str(out / "s.dcm")]) == 0
     want = np.asarray(nib.load(out / "nifti_seg.nii.gz").dataobj)
