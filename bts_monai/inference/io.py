@@ -508,9 +508,9 @@ def read_voxels(path: str | os.PathLike[str], img: Any) -> np.ndarray:
 
     A ``.nii.gz`` is decoded by isal (``isal.igzip``) where it is installed: it read the four
     modalities of a BraTS case 2.3x faster than nibabel's zlib reader (``indexed_gzip``, which
-    nibabel would use by itself, was slower than zlib). The file streams through the decoder into nibabel's own reader (the same
-    array proxy ``nib.load`` makes), so neither the whole compressed file nor a decompressed copy
-    of it is held beside the array. Without isal, nibabel's zlib reader.
+    nibabel would use by itself, was slower than zlib). The file streams through the decoder into
+    nibabel's own reader (the same array proxy ``nib.load`` makes), so neither the whole compressed
+    file nor a decompressed copy of it is held beside the array. Without isal, nibabel's zlib reader.
     """
     path = Path(path)
     igzip = _igzip() if path.name.lower().endswith(".gz") else None
