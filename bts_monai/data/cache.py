@@ -262,9 +262,9 @@ def _source_fingerprint(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[s
     """Per input: name, size, ``st_mtime_ns`` and SHA-256 of the whole file (see the module docstring).
 
     The whole file is hashed, not its first and last blocks: an edited voxel in the middle of an
-    uncompressed ``.nii`` changes neither. It costs one read of a file preprocessing reads anyway
-    (under a tenth of a case's preprocessing time), and is redone later only for a file whose
-    modification time moved. The ``stat`` comes before the hash, so a file changed while it is
+    uncompressed ``.nii`` changes neither. It costs one more read of files preprocessing reads
+    anyway (16 ms of a BraTS 2018 case's 4 s, ``benchmarks/README.md``), and is redone later only
+    for a file whose modification time moved. The ``stat`` comes before the hash, so a file changed while it is
     read shows a newer time than the one recorded, and is hashed again next time.
     """
     out = {}
@@ -456,9 +456,13 @@ def _owner_gone(host: str | None, pid: int | None, touched: float, stale_after: 
     return host == host_name() and pid is not None and not _pid_alive(pid)
 
 
-def _temporary_owner(name: str) -> tuple[str | None, int | None]:
-    """``(host, pid)`` from ``.tmp-<pid>@<host>-...``; names of earlier versions (``.tmp-<pid>-...``,
-    made when builds were single-host) count as this host's; ``(None, None)`` when unparsable."""
+def _temporary_owner(name: str, is_dir: bool = True) -> tuple[str | None, int | None]:
+    """``(host, pid)`` from ``.tmp-<pid>@<host>-...``; ``(None, None)`` when unknown (then only age counts).
+
+    Folders named ``.tmp-<pid>-...`` come from earlier, single-host versions of the cache and count
+    as this host's; files so named are :mod:`bts_monai.fileio`'s atomic writes (``settings.json``),
+    which name no host.
+    """
     owner = name[len(_TMP_PREFIX) :].split("-", 1)[0]
     pid_text, _, host = owner.partition("@")
     try:
@@ -466,14 +470,14 @@ def _temporary_owner(name: str) -> tuple[str | None, int | None]:
     except ValueError:
         return None, None
     if not host:
-        return host_name(), pid
+        return (host_name(), pid) if is_dir else (None, None)
     return (host_name() if host == _owner_tag().partition("@")[2] else host), pid
 
 
 def _remove_abandoned_temporaries(folder: Path, stale_after: float) -> None:
     """Remove the temporaries in ``folder`` whose owner is gone (see :func:`_owner_gone`)."""
     for p in folder.glob(f"{_TMP_PREFIX}*"):
-        host, pid = _temporary_owner(p.name)
+        host, pid = _temporary_owner(p.name, p.is_dir())
         if _owner_gone(host, pid, _newest_mtime(p), stale_after):
             logger.info("removing %s, left by an interrupted build", p.name)
             if p.is_dir():
@@ -506,7 +510,7 @@ class _CaseLock:
     def acquire(self) -> bool:
         """Take the lock, breaking it first if its owner is gone; ``False`` while someone holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(3):  # free, or broken just now: create; held by another since: give up
             if self._create():
                 self._beat = threading.Thread(target=self._heartbeat, name=f"lock {self.path.name}", daemon=True)
                 self._beat.start()

@@ -180,13 +180,16 @@ def test_temporaries_of_other_hosts_are_kept_until_stale(tmp_path: Path, monkeyp
     for d in (foreign, own, legacy):
         d.mkdir()
         (d / "image.b2nd").write_bytes(b"in progress")
+    # An atomic write's temporary (bts_monai.fileio) names a pid but no host: only its age counts.
+    atomic = cache.root / f".tmp-{dead}-deadbeef-settings.json"
+    atomic.write_text("{}")
     cache.build(entries, progress=False)
-    assert foreign.exists() and not own.exists() and not legacy.exists()
+    assert foreign.exists() and atomic.exists() and not own.exists() and not legacy.exists()
     old = time.time() - 2 * cache_mod.LOCK_STALE_AFTER
-    for p in (foreign, foreign / "image.b2nd"):
+    for p in (foreign, foreign / "image.b2nd", atomic):
         os.utime(p, (old, old))
     cache.build(entries, progress=False)
-    assert not foreign.exists()
+    assert not foreign.exists() and not atomic.exists()
 
 
 def test_build_waits_for_a_foreign_lock_then_takes_it_over_when_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
