@@ -1,6 +1,6 @@
-"""``bts-export-model CKPT NAME``: package a training checkpoint as a default model folder.
+"""``bts-export-model``: package a checkpoint as a default model, or export a model as ONNX or a MONAI bundle.
 
-Writes ``<out>/<NAME>/model.safetensors`` (float16 state dict), its ONNX export and
+``bts-export-model CKPT NAME`` writes ``<out>/<NAME>/model.safetensors`` (float16 state dict), its ONNX export and
 ``metadata.json``; the training cases come from the run's split file, the validation figures from
 a ``bts-eval`` CSV.
 
