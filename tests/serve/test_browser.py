@@ -3,7 +3,9 @@ driven by Selenium through Debian's ``chromedriver`` (nothing downloads a browse
 
 Uploads a synthetic BraTS case through the page, waits for the viewer, moves a slider, toggles
 a region, takes a screenshot (kept at ``$BTS_SCREENSHOT``, else in the test's temporary folder)
-and checks the tumour's colours are on it. Skips when Chromium, its driver or Selenium is
+and checks the tumour's colours are on it. Uploads a volume whose only bright blob lies in the
+patient's right hemisphere and checks the page draws it on the side it letters R, and that
+clicking it moves the other two planes to the blob's voxel. Skips when Chromium, its driver or Selenium is
 missing, except under ``CI=true``, where it must run (``scripts/install_browser.sh`` installs them).
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import CASE
+from serve_helpers import CASE, RIGHT_BLOB_CENTRE, RIGHT_BLOB_SHAPE, write_right_blob_nifti
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -209,3 +211,101 @@ def test_bad_upload_shows_a_message(server: str, driver, tmp_path: Path) -> None
     wait.until(lambda d: message.is_displayed())
     assert bad.name in message.text and "Traceback" not in message.text
     assert driver.current_url == server  # the page stayed
+
+
+def _bright_centre(png: bytes, level: int = 200, margin: int = 3) -> tuple[float, float] | None:
+    """Centre (x, y), in an element screenshot's pixels, of its bright grey pixels; ``None`` when
+    none. A margin is left out: the crop of an element at fractional coordinates takes in a pixel
+    of the white page around it."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    inside = rgb[margin:-margin, margin:-margin]
+    ys, xs = np.nonzero(inside.min(-1) >= level)
+    return (float(xs.mean()) + margin + 0.5, float(ys.mean()) + margin + 0.5) if len(xs) else None
+
+
+def _index(driver, plane: str) -> str:
+    return driver.find_element("css selector", f".plane[data-plane={plane}] .index").text
+
+
+def _letter_x(driver, plane: str, letter: str) -> float:
+    """Page x of the centre of the edge letter ``letter`` around a plane."""
+    spans = driver.find_elements("css selector", f".plane[data-plane={plane}] .ori")
+    (span,) = [s for s in spans if s.text == letter]
+    return span.rect["x"] + span.rect["width"] / 2
+
+
+def test_right_hemisphere_is_lettered_r_and_clicks_find_the_voxel(server: str, driver, tmp_path: Path) -> None:
+    """Radiological convention: the patient's right is on the image's left, lettered R; a click
+    on the blob selects its voxel (a mirrored mapping would select the other hemisphere)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path, blob = write_right_blob_nifti(tmp_path / "right_blob.nii.gz")
+    x, y, z = RIGHT_BLOB_CENTRE
+    nx, ny, nz = RIGHT_BLOB_SHAPE
+    wait = WebDriverWait(driver, 90, poll_frequency=0.1)
+    driver.get_log("browser")  # drop what earlier tests logged (the refused upload's 422)
+    driver.get(server)
+    wait.until(lambda d: "Model" in d.find_element(By.ID, "model-info").text)
+    driver.find_element(By.ID, "file-input").send_keys(str(path))
+    # The page may be showing an earlier case (it stays open): open this one from the list.
+    # (In one script: the list is redrawn on every poll, so a found element soon goes stale.)
+    open_job = (
+        "const li = [...document.querySelectorAll('#job-list li[data-state=done]')]"
+        ".find((l) => l.querySelector('.name').textContent === arguments[0]);"
+        "if (li) li.click(); return Boolean(li);"
+    )
+    wait.until(lambda d: d.execute_script(open_job, "right_blob"))
+    wait.until(lambda d: d.find_element(By.ID, "viewer").is_displayed())
+    wait.until(lambda d: d.find_element(By.ID, "case-name").text == "right_blob")
+    wait.until(lambda d: all(_loaded(d, p) for p in ("axial", "coronal", "sagittal")))
+
+    # Grey slices only (no overlays, no crosshair), so the blob is the only bright thing drawn.
+    if driver.find_element(By.ID, "crosshair").is_selected():
+        driver.find_element(By.ID, "crosshair").click()
+    for box in driver.find_elements(By.CSS_SELECTOR, "#layers input"):
+        if box.is_selected():
+            box.click()
+    # The axial plane through the blob; the other two planes far from it.
+    for plane, index in (("axial", z), ("coronal", 0), ("sagittal", 0)):
+        slider = driver.find_element(By.CSS_SELECTOR, f".plane[data-plane={plane}] .slider")
+        slider.send_keys(Keys.HOME, *[Keys.ARROW_RIGHT] * index)
+    wait.until(lambda d: _index(d, "axial") == f"{z + 1} / {nz}" and _index(d, "sagittal") == f"1 / {nx}")
+    wait.until(lambda d: _index(d, "coronal") == f"1 / {ny}")
+    wait.until(lambda d: all(_loaded(d, p) and "layers=&" in _src(d, p) for p in ("axial", "coronal", "sagittal")))
+
+    axial = driver.find_element(By.CSS_SELECTOR, ".plane[data-plane=axial] .frame")
+    centre = _bright_centre(axial.screenshot_as_png)
+    assert centre is not None, "the blob is not drawn in the axial plane through it"
+    rect = axial.rect
+    blob_x = rect["x"] + centre[0]
+    mid = rect["x"] + rect["width"] / 2
+    r_x, l_x = _letter_x(driver, "axial", "R"), _letter_x(driver, "axial", "L")
+    assert (blob_x - mid) * (r_x - mid) > 0 and abs(blob_x - r_x) < abs(blob_x - l_x), (
+        f"the right-hemisphere blob is drawn at x={blob_x:.0f}, nearer L ({l_x:.0f}) than R ({r_x:.0f})"
+    )
+    for plane in ("coronal", "sagittal"):  # far from the blob: nothing bright
+        frame = driver.find_element(By.CSS_SELECTOR, f".plane[data-plane={plane}] .frame")
+        assert _bright_centre(frame.screenshot_as_png) is None, plane
+
+    # Click the blob's centre: the coronal plane moves to its y, the sagittal plane to its x.
+    offset = (round(centre[0] - rect["width"] / 2), round(centre[1] - rect["height"] / 2))
+    ActionChains(driver).move_to_element_with_offset(axial, *offset).click().perform()
+    want = (f"{x + 1} / {nx}", f"{y + 1} / {ny}")
+    wait.until(lambda d: (_index(d, "sagittal"), _index(d, "coronal")) == want, f"the click did not select {x, y, z}")
+    assert _index(driver, "axial") == f"{z + 1} / {nz}"
+    wait.until(lambda d: all(_loaded(d, p) for p in ("axial", "coronal", "sagittal")))
+    coronal = driver.find_element(By.CSS_SELECTOR, ".plane[data-plane=coronal] .frame")
+    seen = _bright_centre(coronal.screenshot_as_png)
+    assert seen is not None, "the coronal plane does not show the blob after the click"
+    cx = coronal.rect["x"] + seen[0]
+    assert abs(cx - _letter_x(driver, "coronal", "R")) < abs(cx - _letter_x(driver, "coronal", "L"))
+    sagittal = driver.find_element(By.CSS_SELECTOR, ".plane[data-plane=sagittal] .frame")
+    assert _bright_centre(sagittal.screenshot_as_png) is not None, "the sagittal plane missed the blob"
+    assert blob[x, y, z] and not blob[nx - 1 - x, y, z]  # the mirrored voxel is not in the blob
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert severe == [], severe
