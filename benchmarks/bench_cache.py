@@ -6,14 +6,26 @@ the same load from whatever else runs on the machine. Figures are ratios from th
 
     .venv/bin/python benchmarks/bench_cache.py                      # $BTS_REAL_DATA/brats2018
     .venv/bin/python benchmarks/bench_cache.py --data DIR --rounds 3 --num-samples 2
+
+``--shared-build`` measures instead the build of the cache by 1 and by 2 builders at once over one
+empty folder, as two hosts of a cluster would run it: separate processes, each with its own
+``BTS_HOSTNAME`` and one preprocessing process, released together once both have imported; in
+alternating rounds, the wall time until every builder has returned, and the ratio 1 / 2. Then the
+cost of the checks a later build makes (stat only; and hashing every source, what a copied dataset
+costs once) against the preprocessing time per case.
+
+    .venv/bin/python benchmarks/bench_cache.py --shared-build --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +60,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over all cases")
     p.add_argument("--cached-per-case", type=int, default=5, help="cached samples drawn per plain case load")
     p.add_argument("--workers", type=int, default=2, help="preprocessing processes")
+    p.add_argument("--shared-build", action="store_true", help="time 1 vs 2 concurrent builders instead")
+    p.add_argument("--builder", nargs=4, metavar=("CACHE", "READY", "GO", "RESULT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.builder:
+        return _builder(args.data, *args.builder)
+    if args.shared_build:
+        return shared_build(args)
 
     entries = discover(args.data)
     cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="bts_bench_cache_"))
@@ -117,6 +135,79 @@ def main() -> None:
     )
     if args.cache_dir is None:
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _builder(data: Path, cache_dir: str, ready: str, go: str, result: str) -> None:
+    """One builder "host" (a subprocess of :func:`shared_build`): import, say so, wait, build."""
+    entries = discover(data)
+    Path(ready).touch()
+    while not Path(go).exists():
+        time.sleep(0.005)
+    t0 = time.perf_counter()
+    summary = PreprocessedCache(cache_dir, CacheSettings(scheme="brats2021")).build(entries, progress=False, poll=0.1)
+    done = {"finished": time.time(), "seconds": time.perf_counter() - t0}
+    done.update(built=len(summary.built), elsewhere=len(summary.elsewhere), reused=len(summary.reused))
+    Path(result).write_text(json.dumps(done))
+
+
+def _concurrent_build(data: Path, folder: Path, n: int) -> tuple[float, list[dict]]:
+    """``n`` builder processes over one empty folder: wall seconds from their release until the last returns."""
+    folder.mkdir(parents=True)
+    procs, results = [], []
+    for i in range(n):
+        paths = [str(folder / "cache"), str(folder / f"ready{i}"), str(folder / "go"), str(folder / f"result{i}.json")]
+        env = {**os.environ, "BTS_HOSTNAME": f"bench-host-{i}", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, __file__, "--data", str(data), "--builder", *paths]
+        procs.append(subprocess.Popen(cmd, env=env))
+        results.append(Path(paths[3]))
+    while not all((folder / f"ready{i}").exists() for i in range(n)):
+        time.sleep(0.01)
+    released = time.time()
+    (folder / "go").touch()
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"a builder failed (exit {proc.returncode})")
+    done = [json.loads(r.read_text()) for r in results]
+    return max(d["finished"] for d in done) - released, done
+
+
+def shared_build(args: argparse.Namespace) -> None:
+    """Build time of the cache with 1 and 2 concurrent builders, and the cost of a later build's checks."""
+    from bts_monai.data import cache as cache_mod
+
+    entries = discover(args.data)
+    print(describe())
+    print(f"data: {args.data} ({len(entries)} cases); builders: separate processes, one preprocessing process each")
+    base = Path(tempfile.mkdtemp(prefix="bts_bench_shared_"))
+    times: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for r in range(args.rounds):
+            for n in (1, 2) if r % 2 == 0 else (2, 1):  # alternating, so both see the same machine load
+                wall, done = _concurrent_build(args.data, base / f"r{r}n{n}", n)
+                times[n].append(wall)
+                built = [d["built"] for d in done]
+                assert sum(built) == len(entries), f"cases built {built}: each case must be built exactly once"
+                print(f"round {r + 1}, {n} builder(s): {wall:6.1f} s until all returned; cases built by each {built}")
+        t1, t2 = (statistics.median(times[n]) for n in (1, 2))
+        print(f"median: 1 builder {t1:.1f} s ({t1 / len(entries):.2f} s/case), 2 builders {t2:.1f} s")
+        print(f"RATIO build time 1 builder / 2 concurrent builders: {t1 / t2:.2f}x")
+        # What a later build costs: one stat per file when nothing moved; hashing when times moved.
+        cache = PreprocessedCache(base / "r0n1" / "cache", CacheSettings(scheme="brats2021"))
+        t = time.perf_counter()
+        summary = cache.build(entries, progress=False)
+        t_check = time.perf_counter() - t
+        assert len(summary.reused) == len(entries)
+        t = time.perf_counter()
+        for e in entries:
+            cache_mod._source_fingerprint(e, cache_mod._input_keys(e, cache.settings))
+        t_hash = time.perf_counter() - t
+        print(
+            f"a later build, nothing changed: {t_check * 1e3:.0f} ms for {len(entries)} cases; hashing every "
+            f"source (a copied dataset, once): {t_hash / len(entries) * 1e3:.0f} ms/case = "
+            f"{t_hash / t1:.3f}x the preprocessing time"
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
