@@ -76,6 +76,7 @@ def _leftovers(cache: PreprocessedCache) -> list[str]:
 
 
 # ---- two hosts at once --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_hosts_building_one_folder_at_once_share_the_work(tmp_path: Path):
     root = make_brats_dataset(tmp_path / "data", n_cases=6, shape=SHAPE)
     entries = discover(root)

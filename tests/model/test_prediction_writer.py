@@ -117,6 +117,7 @@ def test_writer_writes_what_bts_infer_writes(sample: dict, tmp_path: Path):
     np.testing.assert_array_equal(new == 3, ref == 4)  # ET written as BraTS 2023's 3
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_write_every_case_once(sample: dict, tmp_path: Path):
     script = sample["base"] / "ddp_predict.py"
     script.write_text(DDP_SCRIPT)
