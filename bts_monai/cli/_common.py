@@ -40,6 +40,7 @@ def exits_on_bad_input(fn: Callable[..., int]) -> Callable[..., int]:
 def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -> None:
     """The Predictor's speed options, shared by ``bts-infer`` and ``bts-serve``."""
     from bts_monai.inference.backends import BACKENDS
+    from bts_monai.inference.postprocess import POSTPROCESSING
     from bts_monai.inference.predictor import PRECISIONS
 
     speed = parser.add_argument_group(title)
@@ -55,6 +56,13 @@ def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -
         "--threshold",
         type=float,
         help="probability above which a voxel belongs to a region (default: the model's, as validated)",
+    )
+    speed.add_argument(
+        "--postprocess",
+        choices=("model", *POSTPROCESSING),
+        default="model",
+        help="post-processing of the thresholded masks: model (default: the model's, chosen on its "
+        "training cases), none, largest_component (keep the largest connected tumour component)",
     )
     speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
     speed.add_argument(
@@ -74,4 +82,6 @@ def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -
 def speed_options(args: argparse.Namespace) -> dict[str, object]:
     """The Predictor keyword arguments of :func:`add_speed_arguments`' options."""
     keys = ("device", "threads", "overlap", "tta", "precision", "backend", "one_pass", "threshold")
-    return {k: getattr(args, k) for k in keys}
+    options = {k: getattr(args, k) for k in keys}
+    options["postprocess"] = None if args.postprocess == "model" else args.postprocess
+    return options

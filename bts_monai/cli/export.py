@@ -21,6 +21,7 @@ from typing import Any
 
 from bts_monai.cli._common import exits_on_bad_input, setup_logging
 from bts_monai.errors import BtsInputError
+from bts_monai.inference.postprocess import POSTPROCESSING
 from bts_monai.model.packaged import MODELS_DIR, export_model
 
 
@@ -55,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", default="", help="the exact training command")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-license", default="")
+    p.add_argument(
+        "--postprocess",
+        choices=POSTPROCESSING,
+        default="none",
+        help="post-processing recorded for the model (choose it on the training cases: "
+        "scripts/choose_postprocessing.py); default none",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -126,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reproduce={"command": args.command, "seed": args.seed},
         data_license=args.data_license,
         trusted=args.trusted,
+        postprocess=args.postprocess,
     )
     size = (folder / "model.safetensors").stat().st_size / 1e6
     print(f"packaged {args.name} in {folder} ({size:.1f} MB)")

@@ -52,6 +52,7 @@ from bts_monai.inference.io import (
     strip_image_suffix,
 )
 from bts_monai.inference.overlay import png_bytes, three_plane_overlay
+from bts_monai.inference.postprocess import check_postprocess, postprocess_masks
 from bts_monai.inference.report import check_report_path, format_report, provenance, volume_report, write_report
 from bts_monai.inference.sharding import outputs_complete, part_path, segmentation_labels, select_part
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
@@ -353,6 +354,9 @@ class Predictor:
         threshold, sw_mode, roi_size, mirror_axes: override the model's saved
             :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` (sigmoid threshold, window blending
             and size, test-time mirror axes); by default the Predictor runs as validation did.
+        postprocess: the post-processing of the thresholded masks (``none`` or
+            ``largest_component``, :mod:`~bts_monai.inference.postprocess`); default the model's
+            ``postprocess`` (packaged models record the rule chosen on their training cases), else none.
 
     Example:
         >>> p = Predictor.from_checkpoint("run.ckpt")                      # doctest: +SKIP
@@ -381,6 +385,7 @@ class Predictor:
         sw_mode: str | None = None,
         roi_size: Sequence[int] | None = None,
         mirror_axes: Sequence[int] | None = None,
+        postprocess: str | None = None,
     ) -> None:
         check_inference_config(net, config)
         overrides = {
@@ -421,6 +426,11 @@ class Predictor:
         self.tta = bool(tta)
         self.overlap = self.settings["sw_overlap"]
         self.threshold = self.settings["threshold"]
+        self.postprocess = check_postprocess(
+            postprocess if postprocess is not None else config.get("postprocess"),
+            "post-processing" if postprocess is not None else config.get("model_source", "the model"),
+        )
+        """The rule applied to the thresholded masks (:mod:`~bts_monai.inference.postprocess`)."""
         self.mirror_axes = list(self.settings["mirror_axes"])
         self.channels_last = bool(channels_last) and self.spatial_dims == 3
         self.net = net.to(self.device).eval()
@@ -591,8 +601,10 @@ class Predictor:
     def _labels_and_regions(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities in the input grid -> (labels, region probabilities)."""
         if self.label_mode == "regions":
-            return self.scheme.from_regions(probs > self.threshold), probs
+            return self.scheme.from_regions(postprocess_masks(probs > self.threshold, self.postprocess)), probs
         labels = self.scheme.from_index_map(probs.argmax(0))
+        if self.postprocess != "none":
+            labels = np.where(postprocess_masks(labels[None] != 0, self.postprocess)[0], labels, 0).astype(labels.dtype)
         values = self.scheme.all_values
         region_probs = np.stack(
             [probs[[values.index(v) for v in vals]].sum(0) for vals in self.scheme.regions.values()]
@@ -652,6 +664,7 @@ class Predictor:
             precision=self.precision,
             tta=self.tta,
             one_pass=self.one_pass,
+            postprocess=self.postprocess,
         )
 
     def output_scheme_for(self, case: LoadedCase) -> LabelScheme:

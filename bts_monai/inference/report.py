@@ -57,6 +57,7 @@ PROVENANCE_FIELDS: tuple[str, ...] = (
     "tta",
     "mirror_axes",
     "one_pass",
+    "postprocess",
     "package_versions",
 )
 """What :func:`provenance` records, in the order of the CSV columns."""
@@ -71,6 +72,7 @@ def provenance(
     precision: str,
     tta: bool,
     one_pass: bool,
+    postprocess: str = "none",
 ) -> dict[str, Any]:
     """How a segmentation was made, for its report.
 
@@ -84,6 +86,7 @@ def provenance(
         precision: ``"32"`` or ``"bf16"``.
         tta: whether test-time mirroring over ``mirror_axes`` was on.
         one_pass: whether the network ran once over the brain box instead of windows.
+        postprocess: the post-processing rule applied to the thresholded masks.
 
     Returns:
         A dict with the :data:`PROVENANCE_FIELDS` (``None`` where the model does not say).
@@ -105,6 +108,7 @@ def provenance(
         "tta": bool(tta),
         "mirror_axes": [int(a) for a in settings["mirror_axes"]],
         "one_pass": bool(one_pass),
+        "postprocess": str(postprocess),
         "package_versions": package_versions(),
     }
 

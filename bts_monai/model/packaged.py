@@ -21,6 +21,7 @@ from torch import nn
 from bts_monai.errors import BtsInputError
 from bts_monai.fileio import atomic_write, write_text
 from bts_monai.inference.backends import packaged_onnx, write_packaged_onnx
+from bts_monai.inference.postprocess import check_postprocess
 from bts_monai.labels import get_scheme
 from bts_monai.model.spec import (
     INFERENCE_SETTINGS,
@@ -153,6 +154,10 @@ def _check_consistent(meta: dict[str, Any], path: str | os.PathLike[str] | None)
     if absent:
         raise BtsInputError(path, f"inference lacks the settings {', '.join(absent)}")
     check_settings(inf, int(inf["spatial_dims"]), path)
+    try:
+        check_postprocess(inf.get("postprocess"))
+    except ValueError as exc:
+        raise BtsInputError(path, f"inference {exc}") from None
     if not isinstance(weights.get("file"), str) or not weights["file"]:
         raise BtsInputError(path, "weights.file must name the weights file")
     if not isinstance(weights.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", weights["sha256"]):
@@ -316,13 +321,15 @@ def export_model(
     version: str = "1.0.0",
     trusted: bool = False,
     onnx: bool = True,
+    postprocess: str = "none",
 ) -> Path:
     """Turn a training checkpoint into a packaged model folder (float16 safetensors + metadata,
     and with ``onnx`` the ONNX export the CPU runtimes read, checked against torch).
 
     ``metadata.json`` carries everything inference needs: the network spec, the data settings and
     the :data:`~bts_monai.model.spec.INFERENCE_SETTINGS` training validated with (threshold,
-    window size, overlap and blending, mirror axes), and the weights' SHA-256.
+    window size, overlap and blending, mirror axes), the ``postprocess`` rule (chosen after
+    training on the training cases, :mod:`~bts_monai.inference.postprocess`) and the weights' SHA-256.
 
     Returns:
         The model folder.
@@ -345,6 +352,7 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     inference = {k: v for k, v in config.items() if k not in ("net", *PROVENANCE_KEYS)}
+    inference["postprocess"] = check_postprocess(postprocess)
     meta = {
         "name": name,
         "version": version,
