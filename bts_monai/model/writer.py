@@ -108,6 +108,7 @@ class SegmentationWriter(BasePredictionWriter):
         """One case: ``item`` as the dataloader gave it (its ``image`` remembers the transforms
         applied), ``masks`` ``(R, *preprocessed grid)`` from ``predict_step``. Returns the files written."""
         from bts_monai.inference.geometry import to_input_grid
+        from bts_monai.inference.postprocess import postprocess_masks
         from bts_monai.inference.predictor import Prediction
 
         image = item["image"]
@@ -119,7 +120,7 @@ class SegmentationWriter(BasePredictionWriter):
         grid = to_input_grid(values, image, transform).numpy()
         if tuple(grid.shape[1:]) != case.spatial_shape:  # a broken round trip must never be written
             raise RuntimeError(f"{case.case_id}: round trip gave shape {grid.shape[1:]}, expected {case.spatial_shape}")
-        regions = grid > 0.5
+        regions = postprocess_masks(grid > 0.5, p.postprocess)  # the model's rule, as bts-infer applies it
         labels = p.scheme.from_regions(regions)
         out_scheme = p.output_scheme_for(case)
         if out_scheme is not p.scheme:
