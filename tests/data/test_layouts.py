@@ -184,16 +184,44 @@ def test_nnunet_dataset_json_disagreeing_with_files(tmp_path: Path):
     assert not (tmp_path / "d.json").exists()
 
 
+def test_nnunet_dataset_json_labels_disagreeing_with_files(tmp_path: Path):
+    ds = _nnunet_dataset(tmp_path, {"0": "FLAIR", "1": "T1", "2": "T1ce", "3": "T2"})
+    info = json.loads((ds / "dataset.json").read_text())
+    info["labels"] = {"background": 0, "a": 1, "b": 2, "c": 3}  # the label file holds 4, not 3
+    (ds / "dataset.json").write_text(json.dumps(info))
+    out = tmp_path / "d.json"
+    err = _cli_error([str(ds.parent), "-o", str(out), "--verify"])
+    assert "labelsTr/C1.nii.gz" in err and "unexpected: [4]" in err
+    assert not out.exists()
+
+
+def test_msd_dataset_json_channels_disagreeing_with_files(tmp_path: Path):
+    task = tmp_path / "Task01_BrainTumour"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.int16), np.eye(4)), task / "imagesTr" / "BRATS_001.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), np.eye(4)), task / "labelsTr" / "BRATS_001.nii.gz")
+    info = {"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, "numTraining": 1}
+    (task / "dataset.json").write_text(json.dumps(info))
+    out = tmp_path / "d.json"
+    err = _cli_error([str(tmp_path), "-o", str(out)])  # a header read, without --verify
+    assert "imagesTr/BRATS_001.nii.gz" in err and "4 channels" in err and "(8, 8, 8, 3)" in err
+    assert not out.exists()
+
+
 def test_two_layouts_in_one_folder(tmp_path: Path):
     case = make_brats_case(tmp_path, "BraTS2021_00001", (8, 8, 8))
     (case / "BraTS-GLI-00001-000-t2f.nii.gz").symlink_to(case / "BraTS2021_00001_flair.nii.gz")
-    err = _cli_error([str(tmp_path), "-o", str(tmp_path / "d.json")])
+    out = tmp_path / "d.json"
+    err = _cli_error([str(tmp_path), "-o", str(out)])
     assert "BraTS2021_00001" in err and "matches two layouts" in err
+    assert not out.exists()
     task = tmp_path / "t"
     (task / "imagesTr").mkdir(parents=True)
     (task / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR"}, "channel_names": {"0": "FLAIR"}}))
-    err = _cli_error([str(task), "-o", str(tmp_path / "d.json")])
+    err = _cli_error([str(task), "-o", str(out)])
     assert "dataset.json" in err and "matches two layouts" in err
+    assert not out.exists()
 
 
 @pytest.mark.real_data
