@@ -30,7 +30,7 @@ import numpy as np
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme
 
-__all__ = ["SEGMENT_CODES", "segment_descriptions", "write_dicom_seg", "build_dicom_seg", "read_dicom_seg"]
+__all__ = ["SEGMENT_CODES", "segment_descriptions", "write_dicom_seg", "build_dicom_seg", "read_dicom_seg", "main"]
 
 # Label name (labels.py) -> (segment label, CID 7168 type: (code value, scheme, meaning), CIELab colour).
 SEGMENT_CODES: dict[str, tuple[str, tuple[str, str, str], tuple[float, float, float]]] = {
@@ -173,3 +173,56 @@ def read_dicom_seg(path: str | os.PathLike[str], source_headers: Sequence[Any], 
     for number, value in enumerate(scheme.foreground_labels, start=1):
         out[stacked[..., number - 1] > 0] = value
     return out.transpose(2, 1, 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bts_monai.inference.dicom_seg SEG.dcm STUDY_DIR [--compare SEG.nii.gz]``: what a
+    DICOM SEG holds (read with pydicom), its labels on the source series' grid (read back with
+    highdicom), and optionally whether they equal a NIfTI segmentation voxel for voxel (exit 1 if not)."""
+    import argparse
+
+    import nibabel as nib
+    import pydicom
+
+    from bts_monai.inference.dicom import find_series, slice_geometry
+    from bts_monai.labels import get_scheme
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
+    p.add_argument("seg", help="the DICOM SEG file")
+    p.add_argument("study", help="the study folder holding the series it references")
+    p.add_argument("--compare", metavar="NIFTI", help="a NIfTI segmentation on the same grid to compare with")
+    p.add_argument("--scheme", default="brats2021", help="label values of the segments (default brats2021)")
+    args = p.parse_args(argv)
+    scheme = get_scheme(args.scheme)
+    ds = pydicom.dcmread(args.seg)
+    print(f"{args.seg}: {ds.SOPClassUID.name}, {ds.NumberOfFrames} frames of {ds.Rows}x{ds.Columns}")
+    for s in ds.SegmentSequence:
+        code = s.SegmentedPropertyTypeCodeSequence[0]
+        alg = s.SegmentationAlgorithmIdentificationSequence[0]
+        print(
+            f"  segment {s.SegmentNumber} {s.SegmentLabel!r}: {code.CodeMeaning} ({code.CodingSchemeDesignator} "
+            f"{code.CodeValue}); algorithm {alg.AlgorithmName} {alg.AlgorithmVersion}"
+        )
+    uid = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    hits = [s for s in find_series(args.study) if s.uid == uid]
+    if not hits:
+        print(f"{args.study}: holds no series {uid}, which the SEG references")
+        return 2
+    order, _ = slice_geometry(hits[0])
+    labels = read_dicom_seg(args.seg, [hits[0].headers[i] for i in order], scheme)
+    counts = {int(v): int((labels == v).sum()) for v in scheme.foreground_labels}
+    print(f"  on {hits[0].name}, grid {labels.shape}: voxels per label {counts}")
+    if args.compare is None:
+        return 0
+    other = np.asarray(nib.load(args.compare).dataobj)
+    if other.shape != labels.shape:
+        print(f"{args.compare}: shape {other.shape}, not the SEG's {labels.shape}")
+        return 1
+    differ = int((other != labels).sum())
+    print(f"  {args.compare}: voxels per label {({int(v): int((other == v).sum()) for v in scheme.foreground_labels})}")
+    print(f"  voxel for voxel equal: {'yes' if differ == 0 else f'no, {differ} voxels differ'}")
+    return 0 if differ == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,7 +17,7 @@ from scipy import ndimage
 from bts_monai.cli.infer import main
 from bts_monai.data.discovery import BRATS_MODALITIES
 from bts_monai.errors import BtsInputError
-from bts_monai.inference.dicom import find_series, load_study
+from bts_monai.inference.dicom import DicomOptions, find_series, load_study
 from bts_monai.inference.dicom_write import new_study, write_series
 from bts_monai.inference.predictor import default_model_path
 
@@ -71,6 +71,8 @@ def test_other_grid_without_register_names_both_series(moved):
     message = str(err.value)
     assert names["AX T1 PRE"] in message and names["AX T1 POST GD"] in message
     assert "different voxel grids" in message and "--register" in message and "\n" not in message
+    with pytest.raises(BtsInputError, match="--register-to adc: the model reads only"):
+        load_study(moved["study"], BRATS_MODALITIES, DicomOptions(register=True, reference="adc"))
 
 
 def test_register_recovers_a_known_motion(moved, tmp_path):

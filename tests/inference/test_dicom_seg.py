@@ -15,6 +15,7 @@ from dicom_helpers import pydicom, real_case, small_case, study_of
 from bts_monai.cli.infer import main
 from bts_monai.inference.dicom import find_series, load_series
 from bts_monai.inference.dicom_seg import SEGMENT_CODES, read_dicom_seg, write_dicom_seg
+from bts_monai.inference.dicom_seg import main as seg_main
 from bts_monai.inference.predictor import Predictor, default_model_path
 from bts_monai.labels import get_scheme
 
@@ -115,6 +116,8 @@ def test_oblique_study_through_bts_infer(real_data, model, tmp_path):
             [float(v) for v in header.ImagePositionPatient],
             atol=1e-4,
         )
+    # The inspection command says the same: equal to the NIfTI path's segmentation, exit 0.
+    assert seg_main([str(out / "s.dcm"), str(study), "--compare", str(out / "nifti_seg.nii.gz")]) == 0
     codes = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0] for s in ds.SegmentSequence}
     assert [(c.CodeValue, c.CodingSchemeDesignator) for c in codes.values()] == [
         ("6574001", "SCT"),
