@@ -258,12 +258,18 @@ def test_progress_comes_from_the_predictor(
     inferer = brats_predictor.inferer
     swapped = []
 
-    def slow_net(x: torch.Tensor) -> torch.Tensor:  # slow each window down so the polls see them
-        swapped.append(brats_predictor.inferer is not inferer)
-        time.sleep(0.05)
-        return backend(x)
+    class SlowBackend:
+        """The predictor's backend, each window slowed down so the polls see them."""
 
-    monkeypatch.setattr(brats_predictor, "backend", slow_net)
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            swapped.append(brats_predictor.inferer is not inferer)
+            time.sleep(0.05)
+            return backend(x)
+
+        def __getattr__(self, name: str):  # its name and settings, for the report's provenance
+            return getattr(backend, name)
+
+    monkeypatch.setattr(brats_predictor, "backend", SlowBackend())
     job_id = upload(client, case_files(case_dir)).json()["id"]
     stages = []
     end = time.monotonic() + 60
