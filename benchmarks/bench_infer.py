@@ -1,125 +1,163 @@
-"""bts-infer against the MONAI reference pipeline: wall time, peak RSS, their ratios, Dice agreement.
+"""bts-infer against a textbook MONAI pipeline with the same weights: speed, peak memory, Dice.
 
-Both run as fresh processes on the same BraTS case with the same weights (one checkpoint file),
-alternating, so both see the same load from whatever else runs on the machine; wall time is end
-to end (interpreter start, imports, loading the checkpoint and the four modalities, inference,
-writing the segmentation) and peak RSS is the process's own (``wait4``).
+Every pipeline runs as a fresh process (``bts-infer`` exactly as a user runs it; the reference as
+this script's ``--reference-worker``), alternating ours and the reference within each round, so
+both see the same load from whatever else runs on the machine. Wall time is end to end:
+interpreter start, imports, loading the model, reading the four ``.nii.gz``, inference, writing
+the segmentation. Peak RSS is the child's own ``ru_maxrss`` (``os.wait4``).
 
-The reference is the textbook MONAI chain: LoadImaged, EnsureChannelFirstd, Orientationd (RAS),
-NormalizeIntensityd (non-zero, channel-wise), SlidingWindowInferer (the checkpoint's roi, 128 for
-the DynUNet; overlap 0.5, gaussian, batch 1) on the whole volume, sigmoid, Invertd, threshold 0.5,
-SaveImaged; for a checkpoint trained at another voxel size, Spacingd follows Orientationd.
+The reference is the chain a MONAI tutorial writes, with nothing of bts_monai in it but the
+conversion of regions to label values: ``LoadImaged`` (the four modalities), ``EnsureChannelFirstd``,
+``Orientationd`` (RAS), ``Spacingd`` to the model's voxel size (bilinear; left out for a model
+without one, which reads BraTS's own 1 mm grid), ``NormalizeIntensityd`` (non-zero, channel-wise),
+``SlidingWindowInferer`` (the model's roi, overlap 0.5, gaussian, one window per batch) on the
+whole volume under ``torch.no_grad``, sigmoid, ``Invertd``, threshold 0.5, ``nibabel`` save with
+the input's header. Its network is MONAI's class built from the model's spec, loaded with the very
+same weights file ``bts-infer`` reads.
 
-Weights: ``--ckpt`` (a trained checkpoint of the DynUNet in configs/brats21.yaml), or, without
-one, that DynUNet with random weights whose 1x1x1 output layer is fitted (logistic regression,
-seconds) to the tumour of another real case, so the segmentation is tumour-shaped rather than
-noise and the Dice agreement means something.
+Models (``--models``):
+  default  the packaged default BraTS model (``bts_monai/models/brats_unet_2mm``: safetensors +
+           its ONNX export), ``bts-infer`` with no model flag;
+  dynunet  ``configs/brats21.yaml``'s DynUNet (128³ windows, 1 mm) with **random initial weights**
+           saved to a project checkpoint (``--ckpt``): for speed and memory only — its Dice means
+           nothing. ``bts-infer`` exports it to ONNX on first use (into a cache in the work
+           folder); that first run is timed apart, the timed runs find the export cached.
 
-    .venv/bin/python benchmarks/bench_infer.py                                # $BTS_REAL_DATA/brats2018
-    .venv/bin/python benchmarks/bench_infer.py --ckpt runs/x/last.ckpt --repeats 2 --precision 32 bf16
+Sections, per model:
+  1. one case, fresh processes, ``--repeats`` alternating rounds (target: ours >= 2.5x);
+  2. ``--cases`` cases in one ``bts-infer`` call against the reference over the same cases in one
+     process, per case (target: >= 5x);
+  3. peak RSS of each run above (target: ours no higher);
+  4. backends: every backend/precision ``bts-infer`` offers here, and ``--one-pass``, each one call
+     over the cases (for ``dynunet``: one case), Dice against the ground truth per region, its
+     difference from the torch backend's (target: within 0.005), and label agreement with torch.
+
+    BTS_REAL_DATA=/work/shared/data .venv/bin/python benchmarks/bench_infer.py          # full run
+    .venv/bin/python benchmarks/bench_infer.py --quick                                  # smoke run
+    .venv/bin/python benchmarks/bench_infer.py --models default --cases 10 --repeats 3 --profile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _env import describe  # noqa: E402
-
-from bts_monai.data.discovery import BRATS_MODALITIES  # noqa: E402
-from bts_monai.labels import get_scheme  # noqa: E402
-
+# Nothing heavy at the top: the reference worker is this file, and its imports are part of what
+# it measures (they must be the textbook pipeline's, not bts_monai's).
 REPO = Path(__file__).resolve().parent.parent
-ROI = (128, 128, 128)
+DEFAULT_CASE = "Brats18_CBICA_ABM_1"
+REFERENCE = "MONAI reference"
+OURS = "bts-infer (defaults)"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+"""MONAI's default axis labels, spelled out: Orientationd warns when it has to assume them."""
+
+TARGET_ONE_CASE, TARGET_MANY, TARGET_DICE = 2.5, 5.0, 0.005
 
 
-# ---- weights ---------------------------------------------------------------------------------------
-def _dynunet_spec() -> dict[str, Any]:
+# ---- machine ---------------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    """Installed versions of the libraries the figures depend on ("-" when absent)."""
+    out = {}
+    for name in ("torch", "monai", "onnxruntime", "openvino", "nibabel", "isal", "indexed_gzip"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def machine_line() -> str:
+    """CPU model, torch CPU capability, flags, cores, threads and library versions, on one line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _env import describe
+
+    extra = {k: v for k, v in versions().items() if k not in ("torch", "monai")}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    threads = f" | OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else ""
+    return f"{describe()} | {', '.join(f'{k} {v}' for k, v in extra.items())} | load average {load:.1f}{threads}"
+
+
+# ---- models -----------------------------------------------------------------------------------------
+def make_dynunet_checkpoint(path: Path, small: bool = False, roi: list[int] | None = None) -> Path:
+    """A project checkpoint of configs/brats21.yaml's DynUNet with random initial weights (seed 0).
+
+    ``small`` (``--quick``, tests): a quarter of the filters; ``roi``: other windows than the config's.
+    """
+    import torch
     import yaml
 
-    cfg = yaml.safe_load((REPO / "configs" / "brats21.yaml").read_text())
-    return cfg["model"]["net"]
-
-
-def _fit_head(net: torch.nn.Module, fit_case: Path, scheme_name: str) -> None:
-    """Fit DynUNet's output 1x1x1 convolution to a real case's regions on its random features."""
-    from bts_monai.data.transforms import deterministic_transforms
-
-    t = deterministic_transforms(scheme_name, "nifti", "zscore", "regions")
-    files = {m: str(next(fit_case.glob(f"*_{m}.nii.gz"))) for m in BRATS_MODALITIES}
-    d = t({"image": [files[m] for m in BRATS_MODALITIES], "label": str(next(fit_case.glob("*_seg.nii.gz")))})
-    image, target = d["image"].as_tensor(), d["label"].as_tensor()
-    # One window centred on the tumour (padded where the box is smaller).
-    centre = [int(i.float().mean()) for i in torch.nonzero(target[1] > 0, as_tuple=True)]
-    sl = []
-    for c, size, r in zip(centre, image.shape[1:], ROI):
-        start = max(0, min(c - r // 2, size - r))
-        sl.append(slice(start, start + r))
-    x, y = image[:, sl[0], sl[1], sl[2]], target[:, sl[0], sl[1], sl[2]]
-    pad = [p for s in reversed(x.shape[1:]) for p in (0, max(0, ROI[0] - s))]
-    x, y = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(y, pad)
-    feats: dict[str, torch.Tensor] = {}
-    hook = net.output_block.register_forward_pre_hook(lambda m, a: feats.setdefault("f", a[0].detach()))
-    with torch.inference_mode():
-        net(x[None])
-    hook.remove()
-    f = feats["f"][0].reshape(feats["f"].shape[1], -1).T.clone()
-    yy = y.reshape(y.shape[0], -1).T.float()
-    rng = np.random.default_rng(0)
-    tumour = np.nonzero(yy[:, 1].numpy() > 0)[0]
-    other = np.nonzero(yy[:, 1].numpy() == 0)[0]
-    idx = np.concatenate([rng.choice(tumour, min(len(tumour), 60000), replace=False), rng.choice(other, 120000)])
-    f, yy = f[idx], yy[idx]
-    mean, std = f.mean(0), f.std(0) + 1e-6
-    lin = torch.nn.Linear(f.shape[1], yy.shape[1])
-    opt = torch.optim.Adam(lin.parameters(), lr=0.05)
-    fz = (f - mean) / std
-    for _ in range(300):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(lin(fz), yy)
-        loss.backward()
-        opt.step()
-    conv = net.output_block.conv.conv
-    with torch.no_grad():
-        w = lin.weight / std  # fold the feature standardisation into the convolution
-        conv.weight.copy_(w.reshape(conv.weight.shape))
-        conv.bias.copy_(lin.bias - (w * mean).sum(1))
-    print(f"fitted the output layer on {fit_case.name} (BCE {loss.item():.3f})", flush=True)
-
-
-def make_checkpoint(path: Path, fit_case: Path) -> Path:
-    """A project checkpoint of configs/brats21.yaml's DynUNet, random weights + fitted output layer."""
     from bts_monai.model.module import BratsSegModule, build_network, default_data_config
+    from bts_monai.model.spec import INFERENCE_KEY
 
-    spec = _dynunet_spec()
+    cfg = yaml.safe_load((REPO / "configs" / "brats21.yaml").read_text())
+    spec = cfg["model"]["net"]
+    init = dict(spec["init_args"])
+    roi = list(roi or cfg["data"]["roi_size"])
+    if small:
+        init["filters"] = [max(4, f // 4) for f in init["filters"]]
     torch.manual_seed(0)
-    net = build_network(spec["class_path"], spec["init_args"]).eval()
-    _fit_head(net, fit_case, "brats2021")
-    module = BratsSegModule(net, data_config=default_data_config(3) | {"roi_size": list(ROI), "dataset": "brats2018"})
-    ckpt: dict[str, Any] = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
+    net = build_network(spec["class_path"], init).eval()
+    data = default_data_config(3) | {"roi_size": roi, "dataset": cfg["data"]["dataset"]}
+    module = BratsSegModule(
+        net, data_config=data, sw_overlap=cfg["model"]["sw_overlap"], sw_mode=cfg["model"]["sw_mode"]
+    )
+    torch.save({"state_dict": module.state_dict(), INFERENCE_KEY: module.inference_config()}, path)
     return path
 
 
-# ---- the MONAI reference pipeline (run as a worker process) ----------------------------------------
-def reference_worker(case: Path, ckpt: Path, out_dir: Path, result: Path) -> None:
-    """LoadImaged -> ... -> SaveImaged, timed; writes its timings as JSON to ``result``."""
-    from monai.data import MetaTensor
+def model_source(name: str, work: Path, quick: bool) -> tuple[Path, list[str], str]:
+    """(weights path for the reference, bts-infer's model arguments, description) of a model."""
+    if name == "default":
+        from bts_monai.inference.predictor import default_model_path
+
+        folder = default_model_path("brats")
+        if folder is None:
+            raise SystemExit("no packaged default BraTS model is installed")
+        meta = json.loads((folder / "metadata.json").read_text())
+        return folder, [], f"packaged default {meta['name']} {meta['version']} (trained weights)"
+    ckpt = work / ("dynunet_small_random.ckpt" if quick else "dynunet_random.ckpt")
+    if not ckpt.exists():
+        make_dynunet_checkpoint(ckpt, small=quick)
+    what = "quarter-width DynUNet, 128³ windows" if quick else "configs/brats21.yaml DynUNet, 128³ windows"
+    return ckpt, ["--ckpt", str(ckpt)], f"{what}, RANDOM initial weights (seed 0): speed and memory only"
+
+
+# ---- the MONAI reference pipeline (this file run as a worker) ---------------------------------------
+def _reference_model(source: Path) -> tuple[Any, dict[str, Any]]:
+    """MONAI's network class from the model's spec, with the weights file bts-infer reads."""
+    import torch
+    from monai.networks import nets
+
+    if source.is_dir():  # a packaged model: metadata.json + safetensors
+        from safetensors.torch import load_file
+
+        meta = json.loads((source / "metadata.json").read_text())
+        spec, cfg = meta["network"], meta["inference"]
+        state = load_file(str(source / meta["weights"]["file"]))
+    else:  # a project checkpoint: Lightning's state dict, the network under "net."
+        ckpt = torch.load(source, map_location="cpu", weights_only=True)
+        cfg = ckpt["bts_inference"]
+        spec = cfg["net"]
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net = getattr(nets, spec["class_path"].rsplit(".", 1)[1])(**spec["init_args"])
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    return net.eval(), cfg
+
+
+def reference_worker(source: Path, cases: list[Path], out_dir: Path, result: Path) -> None:
+    """The textbook MONAI chain over ``cases`` in this process; stage timings as JSON to ``result``."""
+    t0 = time.perf_counter()
+    import nibabel as nib
+    import numpy as np
+    import torch
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import (
         Activationsd,
@@ -127,186 +165,426 @@ def reference_worker(case: Path, ckpt: Path, out_dir: Path, result: Path) -> Non
         Compose,
         EnsureChannelFirstd,
         Invertd,
-        Lambdad,
         LoadImaged,
         NormalizeIntensityd,
         Orientationd,
-        SaveImaged,
         Spacingd,
     )
 
-    from bts_monai.model.checkpoint import load_checkpoint
+    from bts_monai.labels import get_scheme  # regions -> the dataset's label values
 
-    t0 = time.perf_counter()
-    net, cfg = load_checkpoint(ckpt)
+    t1 = time.perf_counter()
+    net, cfg = _reference_model(source)
     scheme = get_scheme(cfg["scheme"])
-    steps = [
+    steps: list[Any] = [
         LoadImaged(keys="image"),
         EnsureChannelFirstd(keys="image"),
         Orientationd(keys="image", axcodes="RAS", labels=RAS_LABELS),
     ]
     if cfg.get("spacing"):
         steps.append(Spacingd(keys="image", pixdim=cfg["spacing"], mode="bilinear"))
-    pre = Compose([*steps, NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)])
+    steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    pre = Compose(steps)
     post = Compose(
         [
             Activationsd(keys="pred", sigmoid=True),
-            Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+            Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False),
             AsDiscreted(keys="pred", threshold=0.5),
-            Lambdad(
-                keys="pred",
-                func=lambda p: MetaTensor(torch.from_numpy(scheme.from_regions(p.numpy() > 0))[None], meta=p.meta),
-            ),
-            SaveImaged(
-                keys="pred",
-                output_dir=str(out_dir),
-                output_postfix="seg",
-                output_dtype=np.uint8,
-                separate_folder=False,
-                resample=False,
-                print_log=False,
-            ),
         ]
     )
     inferer = SlidingWindowInferer(roi_size=cfg["roi_size"], sw_batch_size=1, overlap=0.5, mode="gaussian")
-    t1 = time.perf_counter()
-    data = pre({"image": [str(next(case.glob(f"*_{m}.nii.gz"))) for m in cfg["modalities"]]})
     t2 = time.perf_counter()
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None], net)[0]
-    t3 = time.perf_counter()
-    post(data)
-    t4 = time.perf_counter()
-    result.write_text(
-        json.dumps({"model_load_s": t1 - t0, "load_s": t2 - t1, "infer_s": t3 - t2, "post_save_s": t4 - t3})
-    )
+    parts = {"import_s": t1 - t0, "model_s": t2 - t1, "read_preprocess_s": 0.0, "network_s": 0.0, "post_save_s": 0.0}
+    for case in cases:
+        files = [str(next(case.glob(f"*_{m}.nii.gz"))) for m in cfg["modalities"]]
+        a = time.perf_counter()
+        data = pre({"image": files})
+        b = time.perf_counter()
+        with torch.no_grad():
+            data["pred"] = inferer(data["image"][None], net)[0]
+        c = time.perf_counter()
+        regions = post(data)["pred"].numpy() > 0
+        ref = nib.load(files[0])
+        img = nib.Nifti1Image(scheme.from_regions(regions).astype(np.uint8), ref.affine, ref.header)
+        img.set_data_dtype(np.uint8)
+        nib.save(img, out_dir / f"{case.name}_seg.nii.gz")
+        d = time.perf_counter()
+        parts["read_preprocess_s"] += b - a
+        parts["network_s"] += c - b
+        parts["post_save_s"] += d - c
+    result.write_text(json.dumps(parts))
 
 
-# ---- running and comparing -------------------------------------------------------------------------
-def _run(cmd: list[str]) -> tuple[float, float, int, float]:
-    """(wall seconds, peak RSS MB, exit status, CPU seconds) of a child process."""
+# ---- running children -------------------------------------------------------------------------------
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cmd`` from the repository root: wall s, CPU s (user + system), peak RSS MB, exit status."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Read stderr while waiting: a child that logs more than a pipe holds must not block.
+    err = proc.stderr.read() if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        print(err[-3000:], file=sys.stderr)
-    return wall, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime
+        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{err[-3000:]}", file=sys.stderr, flush=True)
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "ok": proc.returncode == 0,
+    }
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
+def bts_infer_cmd() -> list[str]:
+    """``bts-infer`` as installed beside this interpreter (else ``python -m bts_monai.cli.infer``)."""
+    script = Path(sys.executable).parent / "bts-infer"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bts_monai.cli.infer"]
+
+
+class Bench:
+    """One model's runs: commands, environment, where outputs go, the rows measured."""
+
+    def __init__(self, model: str, work: Path, quick: bool) -> None:
+        self.model, self.work = model, work / model
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.source, self.model_args, self.description = model_source(model, work, quick)
+        # Exports of checkpoints go to the work folder's cache, so the first-use export is timed
+        # apart (warm_up) and the user's own cache is left alone.
+        self.env = {**os.environ, "BTS_ONNX_CACHE": str(work / "onnx_cache")}
+        self.rows: list[dict[str, Any]] = []
+        self.variant_cases: list[Path] = []
+        self.profile_text = ""
+
+    def ours(self, cases: list[Path], out: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        """One ``bts-infer`` call over ``cases`` into folder ``out``."""
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [*bts_infer_cmd(), *map(str, cases), *self.model_args, "-o", f"{out}{os.sep}", "-q", "--overwrite"]
+        return run_child([*cmd, *extra], self.env)
+
+    def reference(self, cases: list[Path], out: Path) -> dict[str, Any]:
+        """The reference worker over ``cases`` into folder ``out``, with its stage timings."""
+        out.mkdir(parents=True, exist_ok=True)
+        result = out / "timings.json"
+        result.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--reference-worker", str(self.source), str(out), str(result)]
+        row = run_child([*cmd, *map(str, cases)], self.env)
+        row["parts"] = json.loads(result.read_text()) if result.exists() else {}
+        return row
+
+    def record(self, section: str, pipeline: str, row: dict[str, Any], n_cases: int, **extra: Any) -> dict[str, Any]:
+        row = {"model": self.model, "section": section, "pipeline": pipeline, "cases": n_cases, **row, **extra}
+        self.rows.append(row)
+        per = f", {row['wall_s'] / n_cases:.1f} s/case" if n_cases > 1 else ""
+        print(
+            f"  [{self.model}] {section}: {pipeline}: wall {row['wall_s']:.1f} s{per}, CPU {row['cpu_s']:.1f} s, "
+            f"peak RSS {row['rss_mb']:.0f} MB{'' if row['ok'] else ' FAILED'}",
+            flush=True,
+        )
+        return row
+
+
+# ---- Dice --------------------------------------------------------------------------------------------
+def _dice(a: Any, b: Any) -> float:
     sa, sb = int(a.sum()), int(b.sum())
     return 1.0 if sa + sb == 0 else 2.0 * int((a & b).sum()) / (sa + sb)
 
 
-def _agreement(ours: Path, ref: Path, scheme_name: str) -> dict[str, float]:
+def dice_table(pred_dir: Path, cases: list[Path], scheme_name: str = "brats2021") -> dict[str, Any]:
+    """Per-region mean Dice of ``<case>_seg.nii.gz`` in ``pred_dir`` against each case's ground truth."""
     import nibabel as nib
+    import numpy as np
+
+    from bts_monai.labels import get_scheme
 
     scheme = get_scheme(scheme_name)
-    a = scheme.to_regions(np.asarray(nib.load(ours).dataobj))
-    b = scheme.to_regions(np.asarray(nib.load(ref).dataobj))
-    return {name: _dice(a[i], b[i]) for i, name in enumerate(scheme.region_names)}
+    per_case = {}
+    for case in cases:
+        pred = pred_dir / f"{case.name}_seg.nii.gz"
+        gt = next(case.glob("*_seg.nii.gz"), None)
+        if not pred.exists() or gt is None:
+            continue
+        a = scheme.to_regions(np.asarray(nib.load(pred).dataobj))
+        b = scheme.to_regions(np.asarray(nib.load(gt).dataobj))
+        per_case[case.name] = [_dice(a[i], b[i]) for i in range(len(scheme.region_names))]
+    if not per_case:
+        return {}
+    mean = np.mean(list(per_case.values()), axis=0)
+    return {"regions": scheme.region_names, "mean": [float(m) for m in mean], "per_case": per_case}
+
+
+def label_agreement(dir_a: Path, dir_b: Path, cases: list[Path]) -> float | None:
+    """Fraction of voxels with the same label in both folders' segmentations, over ``cases``."""
+    import nibabel as nib
+    import numpy as np
+
+    same = total = 0
+    for case in cases:
+        a, b = dir_a / f"{case.name}_seg.nii.gz", dir_b / f"{case.name}_seg.nii.gz"
+        if a.exists() and b.exists():
+            la, lb = np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj)
+            same, total = same + int((la == lb).sum()), total + la.size
+    return same / total if total else None
+
+
+# ---- the sections ------------------------------------------------------------------------------------
+def variants(default_backend: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, bts-infer flags) of every backend and precision installed here, and one pass."""
+    from bts_monai.inference.backends import runtime_installed
+
+    out: list[tuple[str, tuple[str, ...]]] = [
+        ("torch f32", ("--backend", "torch")),
+        ("torch bf16", ("--backend", "torch", "--precision", "bf16")),
+    ]
+    if runtime_installed("onnxruntime"):
+        out.append(("onnxruntime f32", ("--backend", "onnxruntime")))
+    if runtime_installed("openvino"):
+        out += [
+            ("openvino f32", ("--backend", "openvino")),
+            ("openvino bf16", ("--backend", "openvino", "--precision", "bf16")),
+        ]
+    out.append((f"defaults + --one-pass ({default_backend} f32)", ("--one-pass",)))
+    return out
+
+
+def run_model(
+    bench: Bench, one_case: Path, cases: list[Path], repeats: int, many_repeats: int, variant_cases: list[Path]
+) -> None:
+    """Sections 1-4 for one model (see the module docstring)."""
+    import torch
+
+    from bts_monai.inference.backends import choose_backend
+
+    default_backend = choose_backend("auto", torch.device("cpu"))
+    w = bench.work
+    print(f"\n== {bench.model}: {bench.description}; bts-infer's default backend here: {default_backend}", flush=True)
+    first = bench.ours([one_case], w / "warm_up")
+    bench.record("first use", OURS + " first run", first, 1, note="includes any ONNX export into the cache")
+    for r in range(repeats):
+        bench.record("one case", OURS, bench.ours([one_case], w / f"one_ours_{r}"), 1, round=r)
+        bench.record("one case", REFERENCE, bench.reference([one_case], w / f"one_ref_{r}"), 1, round=r)
+    for r in range(many_repeats if len(cases) > 1 else 0):
+        bench.record("many cases", OURS, bench.ours(cases, w / f"many_ours_{r}"), len(cases), round=r)
+        bench.record("many cases", REFERENCE, bench.reference(cases, w / f"many_ref_{r}"), len(cases), round=r)
+    for name, flags in variants(default_backend):
+        out = w / ("var_" + "".join(c if c.isalnum() else "_" for c in name))
+        row = bench.record("backends", name, bench.ours(variant_cases, out, flags), len(variant_cases))
+        row["out"] = str(out)
+    last_many = w / f"many_ref_{many_repeats - 1}" if len(cases) > 1 else w / f"one_ref_{repeats - 1}"
+    bench.rows.append({"model": bench.model, "section": "reference outputs", "out": str(last_many)})
+
+
+# ---- reporting ---------------------------------------------------------------------------------------
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = sorted(r[key] for r in rows if r.get("ok"))
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+
+
+def speed_table(rows: list[dict[str, Any]], section: str, target: float) -> list[str]:
+    """Markdown rows: median wall (per case), CPU, RSS of ours and the reference, ratios, targets."""
+    sel = [r for r in rows if r.get("section") == section]
+    if not sel:
+        return []
+    n = sel[0]["cases"]
+    ours = [r for r in sel if r["pipeline"] == OURS]
+    ref = [r for r in sel if r["pipeline"] == REFERENCE]
+    ow, rw = _median(ours, "wall_s"), _median(ref, "wall_s")
+    oc, rc = _median(ours, "cpu_s"), _median(ref, "cpu_s")
+    om, rm = _median(ours, "rss_mb"), _median(ref, "rss_mb")
+    if None in (ow, rw, oc, rc, om, rm):
+        return [f"| {section} | failed | | | | | |"]
+
+    def walls(rs: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{r['wall_s'] / n:.1f}" for r in rs)
+
+    speed, mem = rw / ow, om / rm
+    return [
+        f"| {section} ({n} case{'s' if n > 1 else ''}), {REFERENCE} | {walls(ref)} | {rw / n:.1f} | {rc / n:.1f} "
+        f"| {rm:.0f} | 1.00x | 1.00 |",
+        f"| {section} ({n} case{'s' if n > 1 else ''}), {OURS} | {walls(ours)} | {ow / n:.1f} | {oc / n:.1f} "
+        f"| {om:.0f} | **{speed:.2f}x** ({'met' if speed >= target else 'NOT met'}, target {target}x; "
+        f"CPU {rc / oc:.2f}x) | {mem:.2f} ({'met' if mem <= 1.0 else 'NOT met'}) |",
+    ]
+
+
+def report(rows: list[dict[str, Any]], model: str, description: str, variant_cases: list[Path]) -> str:
+    """The Markdown summary of one model's rows."""
+    mine = [r for r in rows if r["model"] == model]
+    lines = [f"### {model}: {description}", ""]
+    first = next((r for r in mine if r["section"] == "first use"), None)
+    if first:
+        lines.append(f"First run (untimed below; any ONNX export happens here): {first['wall_s']:.1f} s wall.")
+        lines.append("")
+    lines += [
+        "| section, pipeline | wall per case (s), rounds | median wall per case (s) | CPU per case (s) "
+        "| peak RSS (MB) | speed-up | RSS ratio |",
+        "|---|---|---|---|---|---|---|",
+        *speed_table(mine, "one case", TARGET_ONE_CASE),
+        *speed_table(mine, "many cases", TARGET_MANY),
+    ]
+    for section in ("one case", "many cases"):
+        parts = [r["parts"] for r in mine if r["section"] == section and r["pipeline"] == REFERENCE and r.get("parts")]
+        if parts:
+            p = parts[-1]
+            lines.append("")
+            lines.append(
+                f"Reference stages ({section}, last round): " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in p.items())
+            )
+    var = [r for r in mine if r["section"] == "backends"]
+    ref_out = next((Path(r["out"]) for r in mine if r["section"] == "reference outputs"), None)
+    if var:
+        torch_row = next((r for r in var if r["pipeline"] == "torch f32"), None)
+        torch_dir = Path(torch_row["out"]) if torch_row else None
+        torch_dice = dice_table(torch_dir, variant_cases) if torch_dir else {}
+        names = torch_dice.get("regions", ["TC", "WT", "ET"])
+        n = len(variant_cases)
+        lines += [
+            "",
+            f"Backends, one `bts-infer` call over {n} case{'s' if n > 1 else ''}"
+            + (" (random weights: Dice is not meaningful, only the agreement)" if model == "dynunet" else ""),
+            "",
+            f"| backend | wall per case (s) | peak RSS (MB) | Dice vs ground truth {' / '.join(names)} (mean) "
+            f"| minus torch f32's | within {TARGET_DICE} | voxels as torch f32 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows_dirs = [(r["pipeline"], Path(r["out"]), r) for r in var]
+        if ref_out is not None:
+            rows_dirs.append((REFERENCE + " (same cases, last run)", ref_out, None))
+        for name, out, r in rows_dirs:
+            d = dice_table(out, variant_cases)
+            cases_here = [c for c in variant_cases if (out / f"{c.name}_seg.nii.gz").exists()]
+            if not d:
+                lines.append(f"| {name} | {'failed' if r else '-'} | | | | | |")
+                continue
+            diff = [a - b for a, b in zip(d["mean"], torch_dice.get("mean", d["mean"]))]
+            ok = all(abs(x) <= TARGET_DICE for x in diff)
+            agree = label_agreement(out, torch_dir, cases_here) if torch_dir else None
+            speed = f"{r['wall_s'] / r['cases']:.1f}" if r else "-"
+            rss = f"{r['rss_mb']:.0f}" if r else "-"
+            lines.append(
+                f"| {name} | {speed} | {rss} | {' / '.join(f'{x:.4f}' for x in d['mean'])} "
+                f"| {' / '.join(f'{x:+.4f}' for x in diff)} | {'yes' if ok else 'NO'} "
+                f"| {'-' if agree is None else f'{agree:.5f}'} |"
+            )
+    return "\n".join(lines)
+
+
+# ---- profile -----------------------------------------------------------------------------------------
+STAGES = (
+    ("imports (all, incl. lazy ones inside the stages)", "", "_find_and_load"),
+    ("model: load, build, backend compile", "inference/predictor.py", "from_checkpoint"),
+    ("reading and checks", "inference/io.py", "load_case"),
+    ("to model space (RAS, resample, crop, z-score)", "inference/geometry.py", "to_model_space"),
+    ("network (sliding windows)", "inference/predictor.py", "logits"),
+    ("back to the input grid", "inference/geometry.py", "to_input_grid"),
+    ("writing", "inference/predictor.py", "save"),
+)
+
+
+def profile(bench: Bench, case: Path) -> str:
+    """cProfile of one ``bts-infer`` run on ``case``: cumulative seconds of its stages."""
+    import pstats
+
+    out = bench.work / "profile"
+    out.mkdir(exist_ok=True)
+    prof = out / "bts_infer.prof"
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "bts_monai.cli.infer", str(case)]
+    row = run_child([*cmd, *bench.model_args, "-o", f"{out}{os.sep}", "-q", "--overwrite"], bench.env)
+    if not row["ok"]:
+        return "profile failed"
+    stats = pstats.Stats(str(prof)).stats  # type: ignore[attr-defined]
+    total = max(v[3] for v in stats.values())
+    lines = [f"cProfile of one `bts-infer` run ({bench.model}, {case.name}; profiler overhead included):", ""]
+    lines += ["| stage | cumulative s | share |", "|---|---|---|"]
+    lines.append(f"| whole run (wall {row['wall_s']:.1f} s, CPU {row['cpu_s']:.1f} s) | {total:.1f} | 100% |")
+    for label, file_end, func in STAGES:
+        cum = sum(v[3] for (f, _, fn), v in stats.items() if fn == func and f.endswith(file_end))
+        if func == "_find_and_load":
+            cum = max((v[3] for (f, _, fn), v in stats.items() if fn == func), default=0.0)
+        lines.append(f"| {label} | {cum:.1f} | {100 * cum / total:.0f}% |")
+    return "\n".join(lines)
+
+
+# ---- main --------------------------------------------------------------------------------------------
+def synthetic_cases(root: Path, n: int) -> list[Path]:
+    """``n`` small synthetic BraTS 2018-named cases (for a smoke run without real data)."""
+    from bts_monai.data.synthetic import make_brats_dataset
+
+    if not root.exists():
+        make_brats_dataset(root, n_cases=n, layout="brats2018", shape=(96, 96, 64))
+    return sorted(p for p in root.iterdir() if p.is_dir())[:n]
 
 
 def main() -> None:
-    default_data = Path(os.environ.get("BTS_REAL_DATA", "/work/shared/data")) / "brats2018"
+    default_data = Path(os.environ.get("BTS_REAL_DATA", str(REPO.parent / "shared" / "data"))) / "brats2018"
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", type=Path, default=default_data / "Brats18_CBICA_ABM_1", help="default: %(default)s")
-    p.add_argument("--ckpt", type=Path, help="a trained checkpoint (default: the fitted-head DynUNet, see above)")
-    p.add_argument("--fit-case", type=Path, default=default_data / "Brats18_2013_11_1", help="for the fitted head")
-    p.add_argument("--repeats", type=int, default=1, help="alternating rounds (default %(default)s)")
-    p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"], help="bts-infer precisions")
-    p.add_argument("--workdir", type=Path, help="keep checkpoint and outputs here (default: a temporary folder)")
-    p.add_argument("--reference-worker", nargs=4, metavar=("CASE", "CKPT", "OUT_DIR", "RESULT"), help=argparse.SUPPRESS)
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    warnings.filterwarnings("ignore")
+    p.add_argument("--data", type=Path, default=default_data, help="folder of BraTS cases (default: %(default)s)")
+    p.add_argument("--synthetic", action="store_true", help="small synthetic cases instead of --data")
+    p.add_argument("--models", nargs="+", choices=["default", "dynunet"], default=["default", "dynunet"])
+    p.add_argument("--cases", type=int, default=10, help="cases of the many-case and Dice sections (default 10)")
+    p.add_argument("--dynunet-cases", type=int, help="cases of the DynUNet's many-case section (default: --cases)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds of the one-case section (default 3)")
+    p.add_argument(
+        "--many-repeats", type=int, default=1, help="alternating rounds of the many-case section (default 1)"
+    )
+    p.add_argument("--case", default=DEFAULT_CASE, help="the one-case section's case (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 cases, 1 round, a small DynUNet")
+    p.add_argument("--profile", action="store_true", help="also cProfile one bts-infer run per model")
+    p.add_argument("--workdir", type=Path, help="keep checkpoints and outputs here (default: a temporary folder)")
+    p.add_argument("--reference-worker", nargs=3, metavar=("MODEL", "OUT_DIR", "RESULT"), help=argparse.SUPPRESS)
+    args, rest = p.parse_known_args()
     if args.reference_worker:
-        case, ckpt, out_dir, result = (Path(a) for a in args.reference_worker)
-        reference_worker(case, ckpt, out_dir, result)
+        source, out_dir, result = (Path(a) for a in args.reference_worker)
+        reference_worker(source, [Path(c) for c in rest], out_dir, result)
         return
-
+    if rest:
+        p.error(f"unrecognised arguments: {' '.join(rest)}")
+    if args.quick:
+        args.cases, args.repeats, args.many_repeats = min(args.cases, 2), 1, 1
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bts_bench_infer_"))
     work.mkdir(parents=True, exist_ok=True)
-    env_line = describe()
-    print(env_line, flush=True)
-    if args.ckpt:
-        ckpt, weights = args.ckpt, f"checkpoint {args.ckpt}"
+    if args.synthetic:
+        all_cases = synthetic_cases(work / "synthetic", max(args.cases, 1))
     else:
-        ckpt = work / "dynunet_fitted_head.ckpt"
-        if not ckpt.exists():
-            make_checkpoint(ckpt, args.fit_case)
-        weights = f"configs/brats21.yaml DynUNet, random weights, output layer fitted on {args.fit_case.name}"
-    print(f"case {args.case.name}; weights: {weights}", flush=True)
-    py = sys.executable
-    rows: list[dict[str, Any]] = []
-    for r in range(args.repeats):
-        for prec in args.precision:
-            out = work / f"ours_{prec}_{r}.nii.gz"
-            cmd = [py, "-m", "bts_monai.cli.infer", str(args.case), "--ckpt", str(ckpt), "-o", str(out), "-q"]
-            rows.append(_timed(f"bts-infer --precision {prec}", [*cmd, "--precision", prec], out))
-        ref_dir = work / f"reference_{r}"
-        ref_dir.mkdir(exist_ok=True)
-        result = work / f"reference_{r}.json"
-        cmd = [py, __file__, "--reference-worker", str(args.case), str(ckpt), str(ref_dir), str(result)]
-        row = _timed(REFERENCE, cmd, None, lambda d=ref_dir: next(d.glob("*_seg.nii.gz"), None))
-        row["parts"] = json.loads(result.read_text()) if result.exists() else {}
-        rows.append(row)
-    print()
-    print(env_line)
-    print(f"case {args.case.name}; weights: {weights}; repeats {args.repeats} (medians)")
-    print(summary_table(rows, [f"bts-infer --precision {p}" for p in args.precision]))
-    parts = next((x["parts"] for x in reversed(rows) if x.get("parts")), {})
-    if parts:
-        print("reference breakdown (s): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
-    print(f"cpu capability: {torch.backends.cpu.get_cpu_capability()}; outputs in {work}")
-
-
-REFERENCE = "MONAI reference (fp32)"
-
-
-def _timed(name: str, cmd: list[str], out: Path | None, find_out: Any = None) -> dict[str, Any]:
-    wall, rss, code, cpu = _run(cmd)
-    out = find_out() if find_out is not None else out
-    ok = code == 0 and out is not None and Path(out).exists()
+        all_cases = sorted(c for c in args.data.iterdir() if c.is_dir() and any(c.glob("*_flair.nii.gz")))
+    if not all_cases:
+        raise SystemExit(f"no BraTS cases in {args.data}")
+    one = next((c for c in all_cases if c.name == args.case), all_cases[0])
+    cases = all_cases[: args.cases]
+    header = machine_line()
+    print(header, flush=True)
     print(
-        f"  {name}: wall {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {rss:.0f} MB"
-        f"{'' if ok else ' FAILED'} [torch cpu capability {torch.backends.cpu.get_cpu_capability()}]",
+        f"cases: {len(cases)} of {args.data if not args.synthetic else 'synthetic'}; one-case: {one.name}; "
+        f"rounds: {args.repeats} (one case), {args.many_repeats} (many); work folder {work}",
         flush=True,
     )
-    return {"pipeline": name, "wall_s": wall, "cpu_s": cpu, "rss_mb": rss, "ok": ok, "out": out}
+    started = time.time()
+    benches = []
+    for model in args.models:
+        bench = Bench(model, work, args.quick)
+        benches.append(bench)
+        many = cases if model == "default" else cases[: args.dynunet_cases or args.cases]
+        # The DynUNet's backends run on one case: its torch windows take ~20 s each on a 2-core CPU.
+        variant_cases = cases if model == "default" else [one]
+        run_model(bench, one, many, args.repeats, args.many_repeats, variant_cases)
+        bench.variant_cases = variant_cases
+        if args.profile:
+            bench.profile_text = profile(bench, one)
+    rows = [r for b in benches for r in b.rows]
+    (work / "results.json").write_text(json.dumps({"machine": header, "rows": rows}, indent=1, default=str))
+    print("\n" + "=" * 100)
+    print(header)
+    print(f"finished in {(time.time() - started) / 60:.1f} min; load average now {os.getloadavg()[0]:.1f}\n")
+    for b in benches:
+        print(report(rows, b.model, b.description, b.variant_cases))
+        if b.profile_text:
+            print("\n" + b.profile_text)
+        print()
+    import torch
 
-
-def summary_table(rows: list[dict[str, Any]], ours: list[str]) -> str:
-    """Markdown table: medians per pipeline, ratios against the reference, Dice agreement."""
-
-    def med(name: str, key: str) -> float | None:
-        vals = [x[key] for x in rows if x["pipeline"] == name and x["ok"]]
-        return float(np.median(vals)) if vals else None
-
-    ref_out = next((x["out"] for x in reversed(rows) if x["pipeline"] == REFERENCE and x["ok"]), None)
-    if ref_out is None:
-        raise SystemExit("the reference pipeline failed")
-    rw, rc, rr = med(REFERENCE, "wall_s"), med(REFERENCE, "cpu_s"), med(REFERENCE, "rss_mb")
-    lines = [
-        "| pipeline | wall (s) | CPU (s) | peak RSS (MB) | speed-up, wall | speed-up, CPU | RSS ratio "
-        "| Dice vs reference TC / WT / ET |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {REFERENCE} | {rw:.1f} | {rc:.1f} | {rr:.0f} | 1.00x | 1.00x | 1.00 | - |",
-    ]
-    for name in ours:
-        w, c, m = med(name, "wall_s"), med(name, "cpu_s"), med(name, "rss_mb")
-        if w is None:
-            lines.append(f"| {name} | failed | | | | | | |")
-            continue
-        out = next(x["out"] for x in reversed(rows) if x["pipeline"] == name and x["ok"])
-        dice = " / ".join(f"{d:.4f}" for d in _agreement(out, ref_out, "brats2021").values())
-        lines.append(
-            f"| {name} | {w:.1f} | {c:.1f} | {m:.0f} | {rw / w:.2f}x | {rc / c:.2f}x | {m / rr:.2f} | {dice} |"
-        )
-    return "\n".join(lines)
+    print(f"torch.backends.cpu.get_cpu_capability(): {torch.backends.cpu.get_cpu_capability()}; outputs in {work}")
 
 
 if __name__ == "__main__":
