@@ -757,8 +757,8 @@ class Predictor:
         of any input of the run (ever), and must not exist already unless ``overwrite``.
 
         Args:
-            inputs: files and folders (4D NIfTI, case folders, TIFF slices, patient folders, or
-                folders of cases).
+            inputs: files and folders (4D NIfTI, case folders, TIFF slices, patient folders, DICOM
+                study folders, or folders of cases).
             output: one input: the segmentation file (or a folder for the default name); several:
                 a folder. Default: ``<case>_seg.nii.gz`` (TIFF: ``<case>_seg.tif``) in the current folder.
             files: explicit ``{modality: path}`` for one case, instead of ``inputs``.
