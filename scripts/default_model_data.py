@@ -21,8 +21,8 @@ then::
     lightning fit --config configs/default_brats.yaml --data.data_root DATA/brats_default
     lightning fit --config configs/default_lgg.yaml --data.data_root DATA/lgg_default
 
-The folders hold symbolic links to the source files (one real folder per case, since discovery
-does not follow linked folders), plus the relabelled 2023 segmentation. Nothing is copied into
+The folders hold symbolic links to the source files (one real folder per case),
+plus the relabelled 2023 segmentation. Nothing is copied into
 the repository.
 """
 

@@ -110,7 +110,15 @@ def entry_item(entry: dict[str, Any], modalities: Sequence[str], with_label: boo
 
 def _walk_files(root: Path, skip: Iterable[Path] = ()) -> Iterable[Path]:
     skipped = {p.resolve() for p in skip}
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    # Linked folders are followed (datasets are often assembled from folders of links, and
+    # bts-eval follows them too); `seen` stops link loops and a folder reached twice.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() not in skipped)
         for name in sorted(filenames):
             if not name.startswith("."):

@@ -252,3 +252,22 @@ def test_real_files_in_2021_and_kaggle_2020_layouts(real_data: Path, tmp_path: P
     dl = make_datalist(r20, val_fraction=0.5, full_check=True)
     assert dl["datasets"] == {"brats2020": {"cases": 3, "labelled": 2, "slices": 0}}
     assert [e["case_id"] for e in dl["test"]] == ["BraTS20_Validation_001"]
+
+
+def test_linked_case_folders_are_followed_once(brats21_root: Path, lgg_root: Path, tmp_path: Path):
+    """Datasets assembled from folders of links are found (as bts-eval finds them); a link loop
+    or a folder reached twice does not repeat a case."""
+    linked = tmp_path / "brats_links"
+    linked.mkdir()
+    for case in sorted(p for p in brats21_root.iterdir() if p.is_dir())[:2]:
+        (linked / case.name).symlink_to(case, target_is_directory=True)
+    (linked / "loop").symlink_to(linked, target_is_directory=True)
+    assert [e["case_id"] for e in discover(linked)] == ["BraTS2021_00000", "BraTS2021_00001"]
+    kaggle = tmp_path / "kaggle_3m"
+    kaggle.mkdir()
+    patients = sorted(p for p in lgg_root.rglob("TCGA_*") if p.is_dir())[:2]
+    for patient in patients:
+        (kaggle / patient.name).symlink_to(patient, target_is_directory=True)
+    entries = discover(kaggle, dataset="lgg")
+    assert [e["case_id"] for e in entries] == [p.name for p in patients]
+    assert all(e["slices"] for e in entries)
