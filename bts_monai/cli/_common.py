@@ -7,6 +7,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from bts_monai.errors import BtsInputError
 
@@ -85,3 +86,33 @@ def speed_options(args: argparse.Namespace) -> dict[str, object]:
     options = {k: getattr(args, k) for k in keys}
     options["postprocess"] = None if args.postprocess == "model" else args.postprocess
     return options
+
+
+def add_output_scheme_argument(parser: argparse.ArgumentParser) -> None:
+    """``--output-scheme``, shared by ``bts-infer`` and ``bts-serve``."""
+    from bts_monai.labels import SCHEMES
+
+    parser.add_argument(
+        "--output-scheme",
+        metavar="NAME",
+        default="input",
+        help="label values to write: input (default: the input dataset's scheme, else the model's), model, "
+        f"or a scheme: {', '.join(SCHEMES)}",
+    )
+
+
+def apply_output_scheme(predictor: Any, name: str) -> None:
+    """Set ``predictor.output_scheme`` from an ``--output-scheme`` value.
+
+    Raises:
+        BtsInputError: an unknown scheme name.
+    """
+    from bts_monai.labels import get_scheme
+
+    if name == "model":
+        predictor.output_scheme = predictor.scheme
+    elif name != "input":
+        try:
+            predictor.output_scheme = get_scheme(name)
+        except ValueError as exc:
+            raise BtsInputError(None, f"--output-scheme: {exc}") from None

@@ -7,7 +7,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bts_monai.cli._common import EXIT_BAD_INPUT, add_speed_arguments, exits_on_bad_input, setup_logging, speed_options
+from bts_monai.cli._common import (
+    EXIT_BAD_INPUT,
+    add_output_scheme_argument,
+    add_speed_arguments,
+    apply_output_scheme,
+    exits_on_bad_input,
+    setup_logging,
+    speed_options,
+)
 from bts_monai.data.discovery import BRATS_MODALITIES
 from bts_monai.data.layouts import BRATS2023_NAMES
 from bts_monai.errors import BtsInputError
@@ -19,7 +27,6 @@ from bts_monai.inference.predictor import (
     one_line,
 )
 from bts_monai.inference.sharding import check_part, part_path
-from bts_monai.labels import SCHEMES, get_scheme
 
 PROG = "bts-infer"
 
@@ -99,13 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help="comma-separated names of a 4D NIfTI's channels along its last axis (default: the model's order)",
     )
-    p.add_argument(
-        "--output-scheme",
-        metavar="NAME",
-        default="input",
-        help="label values to write: input (default: the input dataset's scheme, else the model's), model, "
-        f"or a scheme: {', '.join(SCHEMES)}",
-    )
+    add_output_scheme_argument(p)
     out = p.add_argument_group("extra outputs")
     out.add_argument("--probabilities", action="store_true", help="also write per-region probability maps")
     out.add_argument("--report", metavar="PATH", help="volumes as .json or .csv (one file for all cases)")
@@ -236,13 +237,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if isinstance(exc, BtsInputError):
             raise
         raise BtsInputError(None, str(exc)) from exc
-    if args.output_scheme == "model":
-        predictor.output_scheme = predictor.scheme
-    elif args.output_scheme != "input":
-        try:
-            predictor.output_scheme = get_scheme(args.output_scheme)
-        except ValueError as exc:
-            raise BtsInputError(None, f"--output-scheme: {exc}") from None
+    apply_output_scheme(predictor, args.output_scheme)
     if args.series or args.register or args.register_to:
         from bts_monai.inference.dicom import DicomOptions, parse_series_overrides
 

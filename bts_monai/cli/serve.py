@@ -12,7 +12,14 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from bts_monai.cli._common import add_speed_arguments, exits_on_bad_input, setup_logging, speed_options
+from bts_monai.cli._common import (
+    add_output_scheme_argument,
+    add_speed_arguments,
+    apply_output_scheme,
+    exits_on_bad_input,
+    setup_logging,
+    speed_options,
+)
 from bts_monai.errors import BtsInputError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", type=Path, help="a trained checkpoint (.ckpt)")
     model.add_argument("--model", help="a packaged default model by name")
     add_speed_arguments(p, "speed (as bts-infer)")
+    add_output_scheme_argument(p)
     p.add_argument(
         "--workdir", type=Path, help="folder for uploads and results (default: a new temporary folder, removed at exit)"
     )
@@ -105,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_disk_mb is not None and args.max_disk_mb <= 0:
         raise BtsInputError(None, f"--max-disk-mb {args.max_disk_mb} must be positive")
     predictor = load_predictor(ckpt, convention=args.convention, **speed_options(args))
+    apply_output_scheme(predictor, args.output_scheme)
     import uvicorn
 
     sock = _listen(args.host, args.port)

@@ -480,3 +480,22 @@ def test_cli_refuses_bad_arguments_with_status_2(brats_ckpt: Path, tmp_path: Pat
         port = taken.getsockname()[1]
         assert main(["--ckpt", str(brats_ckpt), "--port", str(port)]) == 2
         assert "cannot listen" in capsys.readouterr().err
+
+
+def test_serve_output_scheme_flag_sets_the_predictor(
+    brats_predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bts-serve --output-scheme is bts-infer's: model, input or a scheme name; a bad name is one line."""
+    from bts_monai.cli._common import apply_output_scheme
+    from bts_monai.cli.serve import build_parser
+    from bts_monai.errors import BtsInputError
+
+    assert build_parser().parse_args([]).output_scheme == "input"
+    args = build_parser().parse_args(["--output-scheme", "brats2023"])
+    monkeypatch.setattr(brats_predictor, "output_scheme", None)
+    apply_output_scheme(brats_predictor, args.output_scheme)
+    assert brats_predictor.output_scheme.name == "brats2023"
+    apply_output_scheme(brats_predictor, "model")
+    assert brats_predictor.output_scheme is brats_predictor.scheme
+    with pytest.raises(BtsInputError, match="--output-scheme"):
+        apply_output_scheme(brats_predictor, "brats1999")
