@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from bts_monai.data import layouts
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import walk_following_links
 from bts_monai.labels import LabelScheme, get_scheme
 from bts_monai.model.metrics import EMPTY_HD95, LESION_MISS_HD95, METRIC_NAMES, region_metrics
 from bts_monai.model.metrics import lesion_wise as lesion_wise_scores
@@ -218,14 +219,7 @@ def find_cases(path: PathLike, ground_truth: bool = False) -> list[Path]:
     if ground_truth and root.name == "labelsTr":
         return _flat_labels(root)
     found: list[Path] = []
-    seen: set[str] = set()
-    # Links are followed (datasets are often split into folders of links); `seen` stops loops.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
+    for dirpath, dirnames, filenames in walk_following_links(root):  # datasets are often folders of links
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         for name in sorted(filenames):

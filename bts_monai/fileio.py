@@ -26,6 +26,7 @@ from typing import IO, Any
 from bts_monai.errors import BtsInputError
 
 __all__ = [
+    "walk_following_links",
     "TMP_PREFIX",
     "ProtectedFiles",
     "StagedFiles",
@@ -392,3 +393,17 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         _unlink(p)
+
+
+def walk_following_links(root: str | os.PathLike[str]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` that follows linked folders (datasets are often assembled from folders of
+    links), visiting each real folder once, so link loops and folders reached twice are walked
+    once. Sorting or pruning ``dirnames`` in place works as with ``os.walk``."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        yield dirpath, dirnames, filenames

@@ -37,6 +37,7 @@ import numpy as np
 from bts_monai.data import layouts
 from bts_monai.data.layouts import BRATS_MODALITIES, LAYOUTS, LGG_CHANNELS, MSD_CHANNELS
 from bts_monai.errors import BtsInputError
+from bts_monai.fileio import walk_following_links
 from bts_monai.labels import SCHEMES, LabelScheme, get_scheme, scheme_from_nnunet
 
 __all__ = [
@@ -110,15 +111,7 @@ def entry_item(entry: dict[str, Any], modalities: Sequence[str], with_label: boo
 
 def _walk_files(root: Path, skip: Iterable[Path] = ()) -> Iterable[Path]:
     skipped = {p.resolve() for p in skip}
-    seen: set[str] = set()
-    # Linked folders are followed (datasets are often assembled from folders of links, and
-    # bts-eval follows them too); `seen` stops link loops and a folder reached twice.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
+    for dirpath, dirnames, filenames in walk_following_links(root):  # as bts-eval's pairing walks
         dirnames[:] = sorted(d for d in dirnames if (Path(dirpath) / d).resolve() not in skipped)
         for name in sorted(filenames):
             if not name.startswith("."):
