@@ -16,9 +16,30 @@ EXIT_BAD_INPUT = 2
 
 def setup_logging(verbose: bool = False) -> None:
     """INFO (or DEBUG) messages on stderr, one line each."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
-    )
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stderr handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    ``logging.StreamHandler()`` keeps the stream it was built with; once that stream is swapped
+    (pytest's capture, a host application redirecting stderr) and closed, every later message
+    raises "I/O operation on closed file". The standard library's own ``_StderrHandler`` does
+    this but is private.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
 
 
 def exits_on_bad_input(fn: Callable[..., int]) -> Callable[..., int]:
