@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trusted", action="store_true", help="allow a network class outside the trusted packages")
     p.add_argument("--out", default=str(MODELS_DIR), help="folder of model folders (default: the package's)")
     p.add_argument("--description", default="")
+    p.add_argument("--model-version", default="1.0.0", help="the packaged model's version (default %(default)s)")
     p.add_argument("--split", help="the run's split/datalist JSON: records which cases trained and validated")
     p.add_argument("--eval-csv", help="bts-eval CSV of the validation cases: its summary means become metadata")
     p.add_argument("--baseline-csv", help="bts-eval CSV of an untrained model on the same cases")
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.name,
         args.out,
         description=args.description,
+        version=args.model_version,
         training_data=_split_cases(args.split),
         validation=validation,
         reproduce={"command": args.command, "seed": args.seed},

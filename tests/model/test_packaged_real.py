@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 # Untrained twins of both networks score about 0.02 on these cases (metadata "untrained_mean_per_region").
 DICE_FLOOR = 0.6
+# lgg_unet2d 3.0.0 scores 0.79-0.94 on the three validation patients ../shared/data/lgg holds.
+LGG_DICE_FLOOR = 0.75
 
 
 def _val_cases(kind: str, folder: Path) -> list[str]:
@@ -41,7 +43,7 @@ def test_lgg_default_per_patient_dice(real_data: Path):
         got = pred.regions[0]
         assert got.shape == ref.shape
         scores.append(dice(got, ref))
-    assert np.mean(scores) >= DICE_FLOOR, scores
+    assert np.mean(scores) >= LGG_DICE_FLOOR, scores
 
 
 def test_brats_default_wt_dice_and_geometry(real_data: Path):
