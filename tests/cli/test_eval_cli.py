@@ -115,6 +115,7 @@ def test_a_failing_plot_leaves_no_csv(
     monkeypatch.setattr(Figure, "savefig", broken)
     assert main([str(pred), str(gt), "-o", str(out / "m.csv"), "--plot", str(out / "m.png")]) == 2
     # the scoring's log lines (a prediction without ground truth) come first; one error line
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING ")]
+    log_levels = ("DEBUG ", "INFO ", "WARNING ")
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith(log_levels)]
     assert len(err) == 1 and "m.png: cannot draw the plot (RuntimeError: no font)" in err[0]
     assert not out.exists() or list(out.iterdir()) == []
