@@ -285,7 +285,7 @@ class _Segmentation:
 
 def _open(path: Path) -> _Segmentation:
     if path.is_dir() or layouts.is_tiff_path(path):
-        stack = _read_mask_stack(path) if path.is_dir() else _read_tiff_pages(path)
+        stack = read_mask_stack(path) if path.is_dir() else _read_tiff_pages(path)
         return _Segmentation(path, stack.shape, None, None, lambda: stack)
     try:
         image = nib.load(str(path))
@@ -324,7 +324,7 @@ def _mask_page(mask: np.ndarray, where: str, path: Path) -> np.ndarray:
     return _as_labels(mask, path)
 
 
-def _read_mask_stack(folder: Path) -> np.ndarray:
+def read_mask_stack(folder: Path) -> np.ndarray:
     """LGG mask slices ``<patient>_<n>_mask.tif`` stacked in slice order into ``(H, W, N)``."""
     import tifffile
 
@@ -344,7 +344,7 @@ def _read_mask_stack(folder: Path) -> np.ndarray:
 
 def _read_tiff_pages(path: Path) -> np.ndarray:
     """A TIFF segmentation (one page per slice, as ``bts-infer`` writes for an LGG patient, or one
-    page for one slice) as ``(H, W, N)``, the layout of :func:`_read_mask_stack`."""
+    page for one slice) as ``(H, W, N)``, the layout of :func:`read_mask_stack`."""
     import tifffile
 
     pages: list[np.ndarray] = []

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import yaml
 
-from bts_monai.evaluation import _read_mask_stack
+from bts_monai.evaluation import read_mask_stack
 from bts_monai.inference.postprocess import POSTPROCESSING, postprocess_masks
 from bts_monai.labels import get_scheme
 from bts_monai.model.packaged import MODELS_DIR, read_metadata
@@ -42,7 +42,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _reference(case_dir: Path, scheme_name: str) -> np.ndarray:
     """The case's reference regions, ``(regions, *spatial)`` booleans."""
     if scheme_name == "lgg":
-        return (_read_mask_stack(case_dir) > 0)[None]
+        return (read_mask_stack(case_dir) > 0)[None]
     seg = next(p for p in sorted(case_dir.iterdir()) if p.name.endswith(("_seg.nii.gz", "_seg.nii")))
     return get_scheme(scheme_name).to_regions(np.asanyarray(nib.load(seg).dataobj).astype(np.int16)).astype(bool)
 
