@@ -50,6 +50,7 @@ __all__ = [
     "match_cases",
     "model_provenance",
     "plot",
+    "read_mask_stack",
     "resolve_scheme",
     "summarize",
     "write_csv",
