@@ -10,36 +10,18 @@ import pytest
 import torch
 
 from bts_monai.cli.export import main
-from bts_monai.data.discovery import BRATS_MODALITIES
 from bts_monai.model.spec import sha256_file
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real project checkpoint (the training module's save hook) of a tiny random 3D UNet."""
-    from bts_monai.model.module import BratsSegModule, build_network
+    import sys
 
-    torch.manual_seed(0)
-    net = build_network(
-        "monai.networks.nets.UNet",
-        {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [4, 8], "strides": [2]},
-    )
-    cfg = {
-        "modalities": list(BRATS_MODALITIES),
-        "dataset": "brats2021",
-        "scheme": "brats2021",
-        "label_mode": "regions",
-        "spatial_dims": 3,
-        "roi_size": [16, 16, 16],
-        "intensity": "zscore",
-        "spacing": [2.0, 2.0, 2.0],
-    }
-    module = BratsSegModule(net, data_config=cfg)
-    state: dict = {"state_dict": module.state_dict()}
-    module.on_save_checkpoint(state)
-    path = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
-    torch.save(state, path)
-    return path
+    sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
+    from infer_helpers import brats_config, save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "run.ckpt", brats_config(spacing=[2.0, 2.0, 2.0]))
 
 
 def _onnx_output(path: Path, x: np.ndarray) -> np.ndarray:
