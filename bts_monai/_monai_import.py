@@ -18,7 +18,7 @@ import logging
 import sys
 import warnings
 
-__all__ = ["UNUSED_BY_INFERENCE", "import_monai"]
+__all__ = ["UNUSED_BY_INFERENCE", "import_monai", "silence_gpu_decoder_notices"]
 
 UNUSED_BY_INFERENCE: tuple[str, ...] = ("matplotlib", "tensorboard", "tensorboardX", "ignite")
 """Top-level packages MONAI imports eagerly that inference does not need. ``ignite``
@@ -37,12 +37,19 @@ def import_monai() -> None:
     try:
         import monai  # noqa: F401
     finally:
-        # Every LoadImage logs that the optional GPU DICOM decoder is absent: nothing a user can act on,
-        # and it would break the CLIs' one-line errors.
-        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-        # With pydicom installed (the dicom extra) every LoadImage also builds MONAI's GPU DICOM
-        # reader, which warns once that its decoder plugin is absent: same story, as a warning.
-        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: ", category=UserWarning)
+        silence_gpu_decoder_notices()
         for name in blocked:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
+
+
+def silence_gpu_decoder_notices() -> None:
+    """Quiet MONAI's notices that its optional GPU DICOM decoder (nvImageCodec) is absent.
+
+    Every ``LoadImage`` logs that the decoder is missing, and with pydicom installed (the dicom
+    extra) it also builds MONAI's GPU DICOM reader, which warns once that its plugin did not
+    register: nothing a user can act on on a CPU, and it would break the CLIs' one-line errors.
+    Training's transforms (``bts-train``, ``bts-demo``) load files too, so they call this as well.
+    """
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: ", category=UserWarning)

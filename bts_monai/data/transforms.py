@@ -54,8 +54,11 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
+from bts_monai._monai_import import silence_gpu_decoder_notices
 from bts_monai.errors import BtsInputError
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
+
+silence_gpu_decoder_notices()
 
 __all__ = [
     "BRAIN_MASK_RULE",
