@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from infer_helpers import brats_config, save_tiny_checkpoint
 
 from bts_monai.cli.infer import main as infer
 from bts_monai.data.synthetic import make_brats_case
@@ -18,11 +19,6 @@ CASE = "BraTS2021_00042"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent / "inference"))
-    from infer_helpers import brats_config, save_tiny_checkpoint
-
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "run.ckpt", brats_config())
 
 

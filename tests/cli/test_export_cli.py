@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from infer_helpers import brats_config, save_tiny_checkpoint
 
 from bts_monai.cli.export import main
 from bts_monai.model.spec import sha256_file
@@ -16,11 +17,6 @@ from bts_monai.model.spec import sha256_file
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real project checkpoint (the training module's save hook) of a tiny random 3D UNet."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))
-    from infer_helpers import brats_config, save_tiny_checkpoint
-
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "run.ckpt", brats_config(spacing=[2.0, 2.0, 2.0]))
 
 
