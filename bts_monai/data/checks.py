@@ -35,6 +35,7 @@ __all__ = [
     "GZIP_MAX_RATIO",
     "check_nifti_header",
     "check_slice_shapes",
+    "read_tiff_stack",
     "check_voxels",
     "load_nifti",
     "read_rgb_slice",
@@ -289,3 +290,23 @@ def verify_lgg_patient(
         if m.shape != arr.shape[:2]:
             raise BtsInputError(mask, f"mask shape {m.shape} differs from its slice's {arr.shape[:2]} ({image})")
         scheme.check_values(np.unique(m), mask)
+
+
+def read_tiff_stack(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Read TIFF slices and stack them along a new last axis, channels first, as float32.
+
+    An RGB slice ``(H, W, 3)`` becomes ``(3, H, W)``; a mask ``(H, W)`` becomes ``(1, H, W)``;
+    ``N`` files give ``(C, H, W, N)``. Slice order is the order given (discovery sorts numerically).
+
+    Raises:
+        BtsInputError: no file, an unreadable file, or slices of different sizes (naming the odd one out).
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise BtsInputError(None, "no TIFF slices given")
+    arrays = []
+    for p in paths:
+        a = read_tiff(p)
+        arrays.append(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0))
+    check_slice_shapes(paths, [tuple(a.shape) for a in arrays])
+    return np.stack(arrays, axis=-1).astype(np.float32)

@@ -55,7 +55,13 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type
 
 from bts_monai._monai_import import silence_gpu_decoder_notices
-from bts_monai.errors import BtsInputError
+from bts_monai.data.brain import (  # re-exported: the rules are shared with the torch-free inference path
+    BRAIN_MASK_RULE,
+    INTENSITY_MODES,
+    border_nonzero_fraction,
+    brain_mask,
+    is_nonzero,
+)
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 
 silence_gpu_decoder_notices()
@@ -79,41 +85,6 @@ __all__ = [
     "train_transforms",
     "val_transforms",
 ]
-
-INTENSITY_MODES = ("zscore", "minmax", "unit")
-
-BRAIN_MASK_RULE = "nonzero-any-channel"
-"""The brain mask: voxels non-zero in any channel (nnU-Net's ``create_nonzero_mask``, without its
-hole filling: a voxel zero in every channel inside the brain does not move the bounding box and
-is background in every modality)."""
-
-NOT_SKULL_STRIPPED = 0.5
-"""Share of non-zero voxels on a volume's border above which it does not look skull-stripped."""
-
-
-def is_nonzero(image: NdarrayOrTensor) -> NdarrayOrTensor:
-    """Element-wise ``image != 0``: ``CropForegroundd``'s ``select_fn`` for :data:`BRAIN_MASK_RULE`
-    (MONAI's default, ``> 0``, crops negative-valued brains away). MONAI reduces it over channels
-    with ``any``, which makes the mask "non-zero in any channel"."""
-    return image != 0
-
-
-def brain_mask(image: NdarrayOrTensor) -> NdarrayOrTensor:
-    """``(C, *spatial)`` -> boolean ``(*spatial)``: non-zero in any channel (:data:`BRAIN_MASK_RULE`)."""
-    return (image != 0).any(0)
-
-
-def border_nonzero_fraction(image: NdarrayOrTensor, width: int = 2) -> float:
-    """Share of the voxels within ``width`` of the volume's faces that are non-zero in some channel.
-
-    Skull-stripped MRI (BraTS) has a zero background, so this is about 0; a scan with skull, neck
-    and noise, or one normalised over the whole volume, gives nearly 1.
-    """
-    mask = np.asarray(brain_mask(image.detach().cpu() if isinstance(image, torch.Tensor) else np.asarray(image)))
-    inner = mask[tuple(slice(width, -width) if s > 2 * width else slice(0, 0) for s in mask.shape)]
-    border = mask.size - inner.size
-    return float(mask.sum() - inner.sum()) / border if border else 0.0
-
 
 class NormalizeInBrain(Transform):
     """Z-score every channel over the one brain mask (:func:`brain_mask`), as nnU-Net normalises MRI;
@@ -263,17 +234,10 @@ class LoadTiffSlices(Transform):
     """
 
     def __call__(self, paths: str | Sequence[str]) -> MetaTensor:
-        from bts_monai.data.checks import check_slice_shapes, read_tiff
+        from bts_monai.data.checks import read_tiff_stack
 
         paths = [paths] if isinstance(paths, str) else list(paths)
-        if not paths:
-            raise BtsInputError(None, "no TIFF slices given")
-        arrays = []
-        for p in paths:
-            a = read_tiff(p)
-            arrays.append(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0))
-        check_slice_shapes(paths, [tuple(a.shape) for a in arrays])
-        vol = np.stack(arrays, axis=-1).astype(np.float32)
+        vol = read_tiff_stack(paths)
         return MetaTensor(torch.from_numpy(vol), meta={"filename_or_obj": paths[0], "slices": len(paths)})
 
 

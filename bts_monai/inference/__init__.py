@@ -1,6 +1,6 @@
-"""Inference: Predictor, geometry round trip, report, overlay."""
+"""Inference: Predictor, geometry round trip, report, overlay.
 
-from bts_monai._monai_import import import_monai
-
-# Before any inference module imports MONAI: keeps matplotlib and tensorboard out (see the module).
-import_monai()
+Importing this package imports neither torch nor MONAI: on a CPU with an ONNX runtime, a packaged
+model segments without them (:mod:`bts_monai.inference.engine`). Modules that use MONAI import it
+through :func:`bts_monai._monai_import.import_monai`, which keeps matplotlib and tensorboard out.
+"""

@@ -1,7 +1,9 @@
 """Runtime backends: what runs the network over each window (torch, ONNX Runtime or OpenVINO).
 
-The Predictor's sliding window stays MONAI's (:class:`~monai.inferers.SlidingWindowInferer`); the
-callable it is given runs the network through one of these backends. The runtimes read the ONNX
+Every backend runs a batch of windows as NumPy arrays (:meth:`Backend.run`, what the torch-free CPU
+path of :mod:`~bts_monai.inference.engine` calls) and as torch tensors (``backend(tensor)``, what
+MONAI's :class:`~monai.inferers.SlidingWindowInferer` calls on a GPU). The ONNX runtimes import no
+torch. The runtimes read the ONNX
 export of the network: packaged models ship it beside their safetensors (written by
 ``bts-export-model``), and a training checkpoint is exported on first use into a cache folder keyed
 by its SHA-256 (:func:`cached_onnx`). Every export is checked against torch on a random window
@@ -19,14 +21,18 @@ import importlib.util
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from bts_monai.errors import BtsInputError
+
+if TYPE_CHECKING:  # the runtimes run without torch; it is imported where a torch network runs
+    import torch
+    from torch import nn
+
 
 __all__ = [
     "AUTO_ORDER",
@@ -93,7 +99,12 @@ def _missing(name: str, what: str) -> BtsInputError:
     return BtsInputError(None, f"{what}: {name} is not installed; install it with {INSTALL_HINTS[name]}")
 
 
-def choose_backend(requested: str, device: torch.device) -> str:
+def _device_type(device: Any) -> str:
+    """``"cpu"``, ``"cuda"``, ... of a ``torch.device`` or a device name."""
+    return str(getattr(device, "type", None) or str(device).split(":")[0])
+
+
+def choose_backend(requested: str, device: Any) -> str:
     """The backend to use: ``requested``, or for ``"auto"`` the fastest runtime installed (torch on
     GPUs, and where no runtime is installed). Logs the choice.
 
@@ -104,7 +115,7 @@ def choose_backend(requested: str, device: torch.device) -> str:
         raise BtsInputError(None, f"--backend {requested!r}: choose one of {', '.join(BACKENDS)}")
     if requested == "torch":
         return "torch"
-    if device.type != "cpu":
+    if _device_type(device) != "cpu":
         if requested != "auto":
             raise BtsInputError(
                 None, f"--backend {requested} runs on the CPU only; use --device cpu or --backend torch"
@@ -127,7 +138,7 @@ def choose_backend(requested: str, device: torch.device) -> str:
     return "torch"
 
 
-def main_output(out: Any, ndim: int) -> torch.Tensor:
+def main_output(out: Any, ndim: int) -> Any:
     """A network's main output: first of a list/tuple/dict, or head 0 of DynUNet's stacked heads."""
     if isinstance(out, (list, tuple)):
         out = out[0]
@@ -138,15 +149,19 @@ def main_output(out: Any, ndim: int) -> torch.Tensor:
     return out
 
 
-class _MainOutput(nn.Module):
+def _main_output_module(net: nn.Module) -> nn.Module:
     """The network with :func:`main_output` applied: one tensor out, what the export records."""
+    from torch import nn
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
+    class _MainOutput(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.net = inner
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return main_output(self.net(x), x.ndim)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return main_output(self.net(x), x.ndim)
+
+    return _MainOutput(net)
 
 
 # ---- backends ------------------------------------------------------------------------------------
@@ -161,8 +176,15 @@ class Backend:
     name = "torch"
     onnx_path: Path | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """``(N, C, *roi)`` float32 windows -> the network's main output, float32."""
         raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The same on torch tensors (MONAI's sliding window); the runtimes go through NumPy."""
+        import torch
+
+        return torch.from_numpy(self.run(_numpy(x))).to(x.device)
 
     def describe(self) -> str:
         """One line for logs and reports."""
@@ -177,7 +199,16 @@ class TorchBackend(Backend):
     def __init__(self, net: nn.Module, precision: str = "32", channels_last: bool = False) -> None:
         self.net, self.autocast, self.channels_last = net, precision == "bf16", channels_last
 
+    def run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        device = next(self.net.parameters()).device
+        with torch.inference_mode():
+            return _numpy(self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.autocast:
@@ -189,7 +220,20 @@ class TorchBackend(Backend):
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    return np.ascontiguousarray(x.detach().float().cpu().numpy(), dtype=np.float32)
+
+
+def default_threads() -> int:
+    """CPU threads for a runtime when none are asked for: torch's count when torch is loaded (its
+    default is the physical cores), else the CPUs this process may use."""
+    import sys
+
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -202,16 +246,16 @@ class OnnxRuntimeBackend(Backend):
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.intra_op_num_threads = int(threads or default_threads())
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         self.onnx_path = Path(onnx_path)
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (out,) = self.session.run(None, {self.input: _numpy(x)})[:1]
-        return torch.from_numpy(out)
+    def run(self, x: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[:1]
+        return np.asarray(out, dtype=np.float32)
 
 
 class OpenVINOBackend(Backend):
@@ -226,34 +270,35 @@ class OpenVINOBackend(Backend):
         core = ov.Core()
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "INFERENCE_NUM_THREADS": int(threads or default_threads()),
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         self.onnx_path = Path(onnx_path)
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.request.infer({0: _numpy(x)})
-        return torch.from_numpy(np.array(out[self.compiled.output(0)], dtype=np.float32, copy=True))
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.array(out[self.compiled.output(0)], dtype=np.float32, copy=True)
 
 
 def make_backend(
     name: str,
-    net: nn.Module,
+    net: nn.Module | Callable[[], nn.Module],
     config: dict[str, Any],
     *,
     onnx_path: str | os.PathLike[str] | None = None,
     precision: str = "32",
     threads: int | None = None,
     channels_last: bool = False,
-    device: torch.device | None = None,
+    device: Any = None,
 ) -> Backend:
     """The backend ``name`` (see :func:`choose_backend`) for ``net``.
 
     Args:
         name: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``.
-        net: the network (eval mode); torch runs it, the runtimes read its ONNX export.
+        net: the network (eval mode), or a function that builds it when first needed (torch runs
+            it; the runtimes read its ONNX export and need it only to write one).
         config: its inference config (``spatial_dims``, ``roi_size``, ``modalities``, and
             ``weights_sha256`` naming the weights for the export cache).
         onnx_path: an ONNX export of ``net`` (a packaged model's); default: :func:`cached_onnx`.
@@ -267,15 +312,19 @@ def make_backend(
         BtsInputError: an explicit runtime is missing or cannot run this network. With ``auto``
             any runtime problem is logged and torch is used instead.
     """
-    device = device or torch.device("cpu")
+    device = device or "cpu"
+
+    def torch_net() -> nn.Module:
+        return net if hasattr(net, "state_dict") else net()  # type: ignore[operator,return-value]
+
     if name == "auto" and onnx_path is None and not config.get("weights_sha256"):
         # A network built in Python has no file to key an export by; exporting every new object
         # would cost more than it saves. Name a runtime to export it anyway.
         logger.debug("backend: torch (auto: a network without a checkpoint or packaged export)")
-        return TorchBackend(net, precision, channels_last)
+        return TorchBackend(torch_net(), precision, channels_last)
     chosen = choose_backend(name, device)
     if chosen == "torch":
-        return TorchBackend(net, precision, channels_last)
+        return TorchBackend(torch_net(), precision, channels_last)
     try:
         path = Path(onnx_path) if onnx_path is not None else cached_onnx(net, config)
         if chosen == "onnxruntime":
@@ -291,13 +340,15 @@ def make_backend(
             problem = f"--backend {chosen} cannot run this model ({type(exc).__name__}: {exc})"
             raise BtsInputError(onnx_path, problem) from exc
         logger.warning("backend %s unavailable for this model (%s); using torch", chosen, exc)
-        return TorchBackend(net, precision, channels_last)
+        return TorchBackend(torch_net(), precision, channels_last)
     logger.debug("backend: %s", backend.describe())
     return backend
 
 
 # ---- ONNX export -----------------------------------------------------------------------------------
 def _example(config: dict[str, Any]) -> torch.Tensor:
+    import torch
+
     roi = [int(r) for r in config["roi_size"]]
     generator = torch.Generator().manual_seed(0)
     return torch.randn(1, len(config["modalities"]), *roi, generator=generator)
@@ -317,6 +368,8 @@ def export_onnx(
         BtsInputError: ``onnx`` is not installed, or the export differs from torch beyond the
             tolerance (nothing is written then).
     """
+    import torch
+
     from bts_monai.fileio import atomic_path
 
     if not runtime_installed("onnx"):
@@ -325,7 +378,7 @@ def export_onnx(
     example = _example(config)
     dims = int(config["spatial_dims"])
     axes = {0: "batch", **{2 + i: f"d{i}" for i in range(dims)}}
-    wrapped = _MainOutput(net).cpu().eval()
+    wrapped = _main_output_module(net).cpu().eval()
     with atomic_path(path) as tmp:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
@@ -355,6 +408,8 @@ def check_export(net: nn.Module, onnx_path: str | os.PathLike[str], example: tor
     Raises:
         BtsInputError: no runtime is installed to check with, or the difference is beyond tolerance.
     """
+    import torch
+
     with torch.no_grad():
         want = main_output(net(example), example.ndim).float()
     for name in ("onnxruntime", "openvino"):
@@ -395,19 +450,24 @@ def _weights_key(net: nn.Module, config: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def cached_onnx(net: nn.Module, config: dict[str, Any], cache: str | os.PathLike[str] | None = None) -> Path:
-    """The ONNX export of ``net`` from the cache, written (and checked) there on first use.
+def cached_onnx(
+    net: nn.Module | Callable[[], nn.Module], config: dict[str, Any], cache: str | os.PathLike[str] | None = None
+) -> Path:
+    """The ONNX export of ``net`` (or of what ``net()`` builds) from the cache, written (and
+    checked) there on first use.
 
     The file is ``<cache>/<sha256 of the checkpoint>.onnx``: a retrained checkpoint gets a new
     export, the same checkpoint is exported once.
     """
     folder = Path(cache) if cache is not None else onnx_cache_dir()
-    path = folder / f"{_weights_key(net, config)}.onnx"
+    if not config.get("weights_sha256") and not hasattr(net, "state_dict"):
+        net = net()  # type: ignore[operator]  # the key is a hash of the weights themselves
+    path = folder / f"{_weights_key(net, config)}.onnx"  # type: ignore[arg-type]
     if path.is_file():
         logger.debug("ONNX export from the cache: %s", path)
         return path
     logger.info("exporting the network to ONNX (once for this checkpoint): %s", path)
-    export_onnx(net, config, path)
+    export_onnx(net if hasattr(net, "state_dict") else net(), config, path)  # type: ignore[operator,arg-type]
     return path
 
 

@@ -16,10 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from bts_monai.data.transforms import LoadTiffSlicesd, deterministic_transforms
+from bts_monai._monai_import import import_monai
+
+import_monai()  # before MONAI's first import: keeps matplotlib and tensorboard out (see the module)
+
+from monai.data import MetaTensor  # noqa: E402
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged  # noqa: E402
+
+from bts_monai.data.transforms import LoadTiffSlicesd, deterministic_transforms  # noqa: E402
 
 __all__ = ["model_space_transforms", "to_model_space", "to_input_grid", "ras_oriented"]
 

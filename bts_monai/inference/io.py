@@ -556,9 +556,9 @@ def load_case(case: CaseInput, model: ModelInputs) -> LoadedCase:
 
 def warn_if_not_skull_stripped(source: str | os.PathLike[str], image: np.ndarray) -> bool:
     """Log one warning when ``image`` does not look like skull-stripped MRI (most of the volume's
-    border non-zero, see :func:`~bts_monai.data.transforms.border_nonzero_fraction`); returns
+    border non-zero, see :func:`~bts_monai.data.brain.border_nonzero_fraction`); returns
     whether it warned. The models are trained on skull-stripped, zero-background scans."""
-    from bts_monai.data.transforms import NOT_SKULL_STRIPPED, border_nonzero_fraction
+    from bts_monai.data.brain import NOT_SKULL_STRIPPED, border_nonzero_fraction
 
     share = border_nonzero_fraction(image)
     if share <= NOT_SKULL_STRIPPED:
@@ -648,12 +648,11 @@ def _load_nifti4d(case: CaseInput, model: ModelInputs) -> LoadedCase:
 
 
 def _load_tiff(case: CaseInput, model: ModelInputs) -> LoadedCase:
-    from bts_monai.data.transforms import LoadTiffSlices
+    from bts_monai.data.checks import read_tiff_stack
 
     if not model.tiff:
         raise BtsInputError(case.source, f"is 2D TIFF, but the checkpoint is {model.describe()}")
-    vol = LoadTiffSlices()(case.slices)
-    data = np.asarray(vol.numpy(), dtype=np.float32)
+    data = read_tiff_stack(case.slices)
     if data.shape[0] != len(model.modalities):
         raise BtsInputError(
             case.slices[0],

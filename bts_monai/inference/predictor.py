@@ -2,15 +2,20 @@
 
 One code path serves Python users and ``bts-infer`` alike (:meth:`Predictor.run`). A case goes:
 files -> checks (:mod:`~bts_monai.inference.io`) -> training's preprocessing (RAS, resampling,
-crop to the brain's bounding box, the same intensity normalisation; :mod:`~bts_monai.inference.
-geometry`) -> MONAI sliding-window inference with gaussian blending under ``torch.inference_mode``
--> sigmoid (regions) or softmax (labels) -> back to the input's voxel grid -> labels in the
-dataset's own values -> files written atomically with the input's header.
+crop to the brain's bounding box, the same intensity normalisation) -> sliding-window inference
+with gaussian blending -> sigmoid (regions) or softmax (labels) -> back to the input's voxel grid
+-> labels in the dataset's own values -> files written atomically with the input's header.
+
+On a CPU the geometry and the windows are NumPy/SciPy (:mod:`~bts_monai.inference.engine`, the
+same steps as MONAI's), so with an ONNX runtime (``backend="auto"`` with one installed) a packaged
+model segments without importing torch or MONAI at all; on a GPU they are MONAI's
+(:mod:`~bts_monai.inference.geometry`, :class:`~monai.inferers.SlidingWindowInferer`) under
+``torch.inference_mode``.
 
 Why it is fast on a CPU: a BraTS volume is mostly background, so windows cover only the brain's
-box (8 windows of 128³ instead of 18 for a 240x240x155 scan); windows run one at a time (larger
-batches are slower on CPUs); the gaussian weight map is computed once per predictor; no autograd
-state is kept (``torch.inference_mode``). Peak memory is that of one window plus a few copies of
+box (8 windows of 128³ instead of 18 for a 240x240x155 scan), and only the box is resampled both
+ways; windows run one at a time (larger batches are slower on CPUs); the gaussian weight map is
+computed once per predictor; no autograd state is kept. Peak memory is that of one window plus a few copies of
 the volume. With several cases, the next case is read (gzip decoding, checks) in a background
 thread while the current one is segmented, one case ahead.
 """
@@ -19,22 +24,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from monai.inferers import SlidingWindowInferer
-from torch import nn
 
 from bts_monai.errors import BtsInputError
 from bts_monai.fileio import ProtectedFiles, check_writable, refuse_overwrite
-from bts_monai.inference import geometry
+from bts_monai.inference import engine
 from bts_monai.inference.backends import make_backend
 from bts_monai.inference.display import DEFAULT_CONVENTION, check_convention
 from bts_monai.inference.io import (
@@ -57,6 +60,11 @@ from bts_monai.inference.report import check_report_path, format_report, provena
 from bts_monai.inference.sharding import outputs_complete, part_path, segmentation_labels, select_part
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 from bts_monai.model.spec import check_settings, inference_settings
+
+if TYPE_CHECKING:  # torch and MONAI are imported where a torch network or a GPU is used
+    import torch
+    from monai.inferers import SlidingWindowInferer
+    from torch import nn
 
 __all__ = [
     "PRECISIONS",
@@ -366,7 +374,7 @@ class Predictor:
 
     def __init__(
         self,
-        net: nn.Module,
+        net: nn.Module | None,
         config: dict[str, Any],
         device: str | torch.device = "auto",
         overlap: float | None = None,
@@ -386,7 +394,10 @@ class Predictor:
         roi_size: Sequence[int] | None = None,
         mirror_axes: Sequence[int] | None = None,
         postprocess: str | None = None,
+        load_net: Callable[[], nn.Module] | None = None,
     ) -> None:
+        if net is None and load_net is None:
+            raise ValueError("give the network, or load_net to build it when needed")
         check_inference_config(net, config)
         overrides = {
             "threshold": threshold,
@@ -402,10 +413,9 @@ class Predictor:
         )
         if str(precision) not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        if threads is not None:
-            if int(threads) < 1:
-                raise ValueError(f"threads must be at least 1, not {threads}")
-            torch.set_num_threads(int(threads))
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        self.threads = None if threads is None else int(threads)
         self.config = dict(config)
         self.convention = check_convention(convention)
         self.progress_callback = progress_callback
@@ -421,7 +431,7 @@ class Predictor:
             raise ValueError(f"label_mode must be 'regions' or 'labels', not {self.label_mode!r}")
         self.inputs = ModelInputs.from_config(config)
         self.spatial_dims = self.inputs.spatial_dims
-        self.device = _resolve_device(device)
+        self._device = _resolve_device(device)
         self.precision = str(precision)
         self.tta = bool(tta)
         self.overlap = self.settings["sw_overlap"]
@@ -433,39 +443,38 @@ class Predictor:
         """The rule applied to the thresholded masks (:mod:`~bts_monai.inference.postprocess`)."""
         self.mirror_axes = list(self.settings["mirror_axes"])
         self.channels_last = bool(channels_last) and self.spatial_dims == 3
-        self.net = net.to(self.device).eval()
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self._net: nn.Module | None = None
+        self._load_net = load_net
+        if net is not None:
+            self.net = net
+        if self.threads is not None and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(self.threads)
         self.backend = make_backend(
             backend,
-            self.net,
+            self._net if self._net is not None else lambda: self.net,
             self.config,
             onnx_path=onnx_path or self.config.get("onnx_file"),
             precision=self.precision,
             threads=threads,
             channels_last=self.channels_last,
-            device=self.device,
+            device=self._device,
         )
         self.one_pass = bool(one_pass)
-        self.sw_batch_size = int(sw_batch_size or (1 if self.device.type == "cpu" else 4))
+        self.sw_batch_size = int(sw_batch_size or (1 if self._device == "cpu" else 4))
         roi = list(self.settings["sw_roi_size"])
         if len(roi) != self.spatial_dims:
             raise ValueError(f"roi_size {roi} does not have {self.spatial_dims} numbers")
         if self.spatial_dims == 2:  # slices along the last axis: windows one slice deep
-            roi_3d, overlaps = [*roi, 1], [self.overlap, self.overlap, 0.0]
+            self._roi_3d, self._overlaps = [*roi, 1], [self.overlap, self.overlap, 0.0]
         else:
-            roi_3d, overlaps = roi, [self.overlap] * 3
-        self.inferer = SlidingWindowInferer(
-            roi_size=roi_3d,
-            sw_batch_size=self.sw_batch_size,
-            overlap=overlaps,
-            mode=self.settings["sw_mode"],
-            sw_device=self.device,
-            device=self.device,
-            progress=progress,
-            cache_roi_weight_map=True,
-        )
-        self._transforms = {kind: geometry.model_space_transforms(self.config, kind) for kind in ("nifti", "tiff")}
+            self._roi_3d, self._overlaps = roi, [self.overlap] * 3
+        self._progress = bool(progress)
+        self._inferer: SlidingWindowInferer | None = None
+        self._weights: np.ndarray | None = None
+        self._transforms_by_kind: dict[str, Any] | None = None
+        self.use_engine = self._device == "cpu"
+        """Whether cases go through the NumPy/SciPy path (:mod:`~bts_monai.inference.engine`, on
+        CPUs) rather than MONAI's transforms and sliding window (GPUs)."""
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], trusted: bool = False, **kwargs: Any) -> Predictor:
@@ -475,13 +484,15 @@ class Predictor:
         Raises:
             BtsInputError: the file is missing, corrupt, or not a checkpoint of this project.
         """
-        from bts_monai.model.checkpoint import load_checkpoint
-        from bts_monai.model.packaged import is_model_folder, load_model_folder
+        from bts_monai.model.packaged import is_model_folder, open_model_folder
 
+        net, build = None, None
         try:
-            if is_model_folder(path):
-                net, config = load_model_folder(path)
+            if is_model_folder(path):  # the network is built only if torch runs it (no torch import)
+                config, build = open_model_folder(path, trusted=trusted)
             else:
+                from bts_monai.model.checkpoint import load_checkpoint
+
                 net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
         except BtsInputError as exc:
             raise one_line(exc) from exc
@@ -489,7 +500,16 @@ class Predictor:
             check_inference_config(net, config)
         except ValueError as exc:
             raise BtsInputError(path, f"unusable model: {exc}") from exc
-        return cls(net, config, **kwargs)
+        if build is None:
+            return cls(net, config, **kwargs)
+
+        def load_net() -> nn.Module:
+            try:
+                return build()
+            except BtsInputError as exc:
+                raise one_line(exc) from exc
+
+        return cls(None, config, load_net=load_net, **kwargs)
 
     @classmethod
     def from_packaged(cls, name: str | None = None, kind: str = "brats", **kwargs: Any) -> Predictor:
@@ -507,6 +527,62 @@ class Predictor:
 
     # ---- properties --------------------------------------------------------------------------
     @property
+    def device(self) -> torch.device:
+        """Where the network runs (a ``torch.device``; reading it imports torch)."""
+        import torch
+
+        return torch.device(self._device)
+
+    @property
+    def net(self) -> nn.Module:
+        """The torch network (built on first use when the Predictor was given ``load_net``)."""
+        if self._net is None:
+            assert self._load_net is not None
+            self.net = self._load_net()
+        assert self._net is not None
+        return self._net
+
+    @net.setter
+    def net(self, value: nn.Module) -> None:
+        import torch
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        value = value.to(self._device).eval()
+        if self.channels_last:
+            value = value.to(memory_format=torch.channels_last_3d)
+        self._net = value
+
+    @property
+    def inferer(self) -> SlidingWindowInferer:
+        """MONAI's sliding window over a case (the GPU path and :meth:`logits`)."""
+        if self._inferer is None:
+            from bts_monai._monai_import import import_monai
+
+            import_monai()
+            from monai.inferers import SlidingWindowInferer
+
+            self._inferer = SlidingWindowInferer(
+                roi_size=self._roi_3d,
+                sw_batch_size=self.sw_batch_size,
+                overlap=self._overlaps,
+                mode=self.settings["sw_mode"],
+                sw_device=self.device,
+                device=self.device,
+                progress=self._progress,
+                cache_roi_weight_map=True,
+            )
+        return self._inferer
+
+    @property
+    def _transforms(self) -> dict[str, Any]:
+        if self._transforms_by_kind is None:
+            from bts_monai.inference import geometry
+
+            self._transforms_by_kind = {k: geometry.model_space_transforms(self.config, k) for k in ("nifti", "tiff")}
+        return self._transforms_by_kind
+
+    @property
     def modalities(self) -> list[str]:
         """Input channels the network reads, in order."""
         return list(self.inputs.modalities)
@@ -519,14 +595,17 @@ class Predictor:
     @property
     def progress(self) -> bool:
         """Whether a progress bar is shown over each case's windows."""
-        return bool(self.inferer.progress)
+        return self._progress
 
     @progress.setter
     def progress(self, value: bool) -> None:
-        self.inferer.progress = bool(value)
+        self._progress = bool(value)
+        if self._inferer is not None:
+            self._inferer.progress = self._progress
 
     # ---- the network over a volume ----------------------------------------------------------
     def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backend on torch windows ``(N, C, *roi3d)`` (MONAI's sliding window), with TTA."""
         once, dims = self.backend, self.spatial_dims
         flips = _flip_sets(self.mirror_axes) if self.tta else [()]
 
@@ -544,13 +623,33 @@ class Predictor:
 
         return forward
 
-    def logits(
-        self, image: torch.Tensor, progress_callback: Callable[[int, int], None] | None = None
-    ) -> torch.Tensor:
-        """Blended network output ``(K, *spatial)`` for a model-space image ``(C, *spatial)``.
+    def _numpy_network(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The backend on NumPy windows ``(N, C, *roi3d)`` (:func:`engine.sliding_window`), with TTA."""
+        run, dims = self.backend.run, self.spatial_dims
+        flips = _flip_sets(self.mirror_axes) if self.tta else [()]
+
+        def forward(window: np.ndarray) -> np.ndarray:
+            if dims == 2:
+                window = window[..., 0]
+            total = None
+            for axes in flips:
+                x = np.ascontiguousarray(np.flip(window, axes)) if axes else window
+                y = run(x)
+                y = np.flip(y, axes) if axes else y
+                total = y if total is None else total + y
+            out = total / np.float32(len(flips))  # type: ignore[operator]
+            return out[..., None] if dims == 2 else out
+
+        return forward
+
+    def logits(self, image: torch.Tensor, progress_callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Blended network output ``(K, *spatial)`` for a model-space image ``(C, *spatial)`` (MONAI's
+        sliding window; :meth:`predict_case` on a CPU uses :func:`engine.sliding_window` instead).
 
         ``progress_callback`` (default :attr:`progress_callback`) is called as windows are done.
         """
+        import torch
+
         x = image.to(self.device, dtype=torch.float32)[None]
         network = self._network()
         callback = progress_callback or self.progress_callback
@@ -562,10 +661,42 @@ class Predictor:
             out = (inferer or self.inferer)(x, network)
         return out[0]  # type: ignore[index]
 
-    def _one_pass_inferer(self, spatial_shape: Sequence[int]) -> SlidingWindowInferer | None:
-        """With ``one_pass``, MONAI's inferer with one window: the box padded up to a size the
-        network's strides divide (it pads with zeros, as training's crop did, and crops back);
-        ``None`` when the box is too large (see :data:`ONE_PASS_MAX_ROIS`) or the model is 2D."""
+    def numpy_logits(
+        self, image: np.ndarray, progress_callback: Callable[[int, int], None] | None = None
+    ) -> np.ndarray:
+        """:meth:`logits` in NumPy: the same windows, weights and blending, without torch."""
+        x = np.asarray(image, dtype=np.float32)
+        network = self._numpy_network()
+        callback = progress_callback or self.progress_callback
+        shape = tuple(x.shape[1:])
+        box = self._one_pass_size(shape)
+        total = 1 if box is not None else self.window_count(shape)
+        if callback is not None:
+            network = _counting_windows(network, callback, total)
+        if self._progress and callback is None and total > 1:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="window", leave=False)
+            network = _counting_windows(network, lambda done, _: bar.update(done - bar.n), total)
+        else:
+            bar = None
+        if box is not None:
+            out = engine.sliding_window(x, network, box, [0.0] * len(box), "constant", 1)
+        else:
+            if self._weights is None:
+                self._weights = engine.importance_map(self._roi_3d, self.settings["sw_mode"])
+            x3 = x[..., None] if self.spatial_dims == 2 and x.ndim == 3 else x
+            out = engine.sliding_window(
+                x3, network, self._roi_3d, self._overlaps, self.settings["sw_mode"], self.sw_batch_size, self._weights
+            )
+        if bar is not None:
+            bar.close()
+        return out
+
+    def _one_pass_size(self, spatial_shape: Sequence[int]) -> list[int] | None:
+        """With ``one_pass``, the one window: the box padded up to a size the network's strides
+        divide (padded with zeros, as training's crop did, and cropped back); ``None`` when the box
+        is too large (see :data:`ONE_PASS_MAX_ROIS`) or the model is 2D."""
         if not self.one_pass or self.spatial_dims != 3:
             return None
         step = _size_divisor(self.config.get("net", {}).get("init_args", {}), len(spatial_shape))
@@ -573,27 +704,31 @@ class Predictor:
         if float(np.prod(size)) > ONE_PASS_MAX_ROIS * float(np.prod(self.config["roi_size"])):
             logger.debug("one pass: box %s too large, sliding windows instead", size)
             return None
+        return size
+
+    def _one_pass_inferer(self, spatial_shape: Sequence[int]) -> SlidingWindowInferer | None:
+        """MONAI's inferer with the one window of :meth:`_one_pass_size` (``None``: windows)."""
+        size = self._one_pass_size(spatial_shape)
+        if size is None:
+            return None
+        from monai.inferers import SlidingWindowInferer
+
         return SlidingWindowInferer(
             roi_size=size, sw_batch_size=1, overlap=0.0, mode="constant", sw_device=self.device, device=self.device
         )
 
     def window_count(self, spatial_shape: Sequence[int]) -> int:
-        """How many sliding windows cover a model-space image of ``spatial_shape`` (one image)."""
-        from monai.data.utils import dense_patch_slices
-
-        # MONAI's own grid: the windows sliding_window_inference visits for this roi and overlap.
-        # Its scan interval is private to MONAI; calling it keeps the count equal to MONAI's.
-        from monai.inferers.utils import _get_scan_interval
-
-        inf = self.inferer
+        """How many sliding windows cover a model-space image of ``spatial_shape`` (one image):
+        MONAI's grid for this roi and overlap (:func:`engine.window_starts`)."""
         dims = len(spatial_shape)
-        roi = [int(r) for r in inf.roi_size]  # type: ignore[union-attr]
-        overlaps = inf.overlap if isinstance(inf.overlap, Sequence) else [inf.overlap] * dims
+        roi = [int(r) for r in self._roi_3d[:dims]]
         size = [max(int(s), r) for s, r in zip(spatial_shape, roi)]  # smaller images are padded to the roi
-        return len(dense_patch_slices(size, roi, _get_scan_interval(size, roi, dims, overlaps)))
+        return len(engine.window_starts(size, roi, self._overlaps[:dims]))
 
     def class_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid per region (``regions`` mode) or softmax over label values (``labels`` mode)."""
+        import torch
+
         if self.label_mode == "regions":
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=0)
@@ -628,15 +763,27 @@ class Predictor:
                 :attr:`progress_callback`).
         """
         start = time.perf_counter()
-        transforms = self._transforms[case.kind]
-        x = geometry.to_model_space(case.image, case.affine, transforms, case.source)
-        if not keep_image:
-            shown = case.channels.index("flair") if "flair" in case.channels else 0
-            case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
-        logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(x.shape[1:]), case.spatial_shape)
-        probs = self.class_probabilities(self.logits(x.as_tensor(), progress_callback))
-        grid = geometry.to_input_grid(probs.cpu(), x, transforms).numpy()
-        del probs, x
+        shown = case.channels.index("flair") if "flair" in case.channels else 0
+        if self.use_engine:
+            x, plan = engine.to_model_space(case.image, case.affine, self.config, case.kind)
+            if not keep_image:
+                case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
+            logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(x.shape[1:]), case.spatial_shape)
+            probs = engine.class_probabilities(self.numpy_logits(x, progress_callback), self.label_mode)
+            del x
+            grid = engine.to_input_grid(probs, plan)
+            del probs
+        else:
+            from bts_monai.inference import geometry
+
+            transforms = self._transforms[case.kind]
+            mt = geometry.to_model_space(case.image, case.affine, transforms, case.source)
+            if not keep_image:
+                case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
+            logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(mt.shape[1:]), case.spatial_shape)
+            probs_t = self.class_probabilities(self.logits(mt.as_tensor(), progress_callback))
+            grid = geometry.to_input_grid(probs_t.cpu(), mt, transforms).numpy()
+            del probs_t, mt
         if tuple(grid.shape[1:]) != case.spatial_shape:  # a broken round trip must never be written
             raise RuntimeError(f"round trip gave shape {grid.shape[1:]}, expected {case.spatial_shape}")
         labels, region_probs = self._labels_and_regions(grid)
@@ -660,7 +807,7 @@ class Predictor:
             self.config,
             self.settings,
             backend=self.backend.name,
-            device=str(self.device),
+            device=self._device,
             precision=self.precision,
             tta=self.tta,
             one_pass=self.one_pass,
@@ -1097,7 +1244,7 @@ class _OutputPlan:
         return seg, self.overlay_file
 
 
-def check_inference_config(net: nn.Module, config: dict[str, Any]) -> None:
+def check_inference_config(net: nn.Module | None, config: dict[str, Any]) -> None:
     """A model's inference config agrees with itself and with its network: every key present,
     a positive window size of ``spatial_dims`` numbers, as many modalities as the network has
     input channels.
@@ -1122,7 +1269,7 @@ def check_inference_config(net: nn.Module, config: dict[str, Any]) -> None:
     modalities = config["modalities"]
     if isinstance(modalities, str) or not modalities:
         raise ValueError(f"modalities must be a non-empty list of names, not {modalities!r}")
-    wanted = _input_channels(net)
+    wanted = None if net is None else _input_channels(net)
     if wanted is not None and wanted != len(modalities):
         raise ValueError(
             f"the config names {len(modalities)} modalities ({', '.join(modalities)}) but the network "
@@ -1132,6 +1279,8 @@ def check_inference_config(net: nn.Module, config: dict[str, Any]) -> None:
 
 def _input_channels(net: nn.Module) -> int | None:
     """Input channels of the network's first convolution (``None`` when it has none)."""
+    from torch import nn
+
     for module in net.modules():
         if isinstance(module, nn.modules.conv._ConvNd):
             return int(module.in_channels)
@@ -1157,12 +1306,13 @@ def _unique(name: str, used: set[str]) -> str:
 
 
 def _counting_windows(
-    network: Callable[[torch.Tensor], torch.Tensor], callback: Callable[[int, int], None], total: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``network`` that reports ``callback(windows done, total)`` after each batch of windows."""
+    network: Callable[[Any], Any], callback: Callable[[int, int], None], total: int
+) -> Callable[[Any], Any]:
+    """``network`` that reports ``callback(windows done, total)`` after each batch of windows
+    (torch tensors or NumPy arrays)."""
     done = 0
 
-    def counted(window: torch.Tensor) -> torch.Tensor:
+    def counted(window: Any) -> Any:
         nonlocal done
         out = network(window)
         done += int(window.shape[0])
@@ -1193,10 +1343,32 @@ def _flip_sets(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
     return sets
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _gpu_possible() -> bool:
+    """Whether this machine may have a GPU torch could use, decided without importing torch when
+    it can be: on Linux, an NVIDIA or AMD (ROCm) driver's device files; on macOS, never (CUDA);
+    elsewhere (Windows), or with torch already imported, torch is asked."""
+    if "torch" in sys.modules or not sys.platform.startswith(("linux", "darwin")):
+        return True
+    if sys.platform == "darwin":
+        return False
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/gpus", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd"))
+
+
+def _resolve_device(device: str | torch.device) -> str:
+    """The device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``...) for ``device``; ``"auto"`` is CUDA
+    when torch sees a GPU. torch is imported only if a GPU may be there or is asked for."""
+    name = str(device)
+    if name == "auto":
+        if not _gpu_possible():
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BtsInputError(None, f"--device {device}: no CUDA GPU is available here (use --device cpu)")
-    return dev
+    return str(dev)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported where a network is built (ONNX-runtime inference builds none)
+    import torch
+    from torch import nn
 
 from bts_monai.errors import BtsInputError
 from bts_monai.fileio import atomic_write, write_text
@@ -43,6 +45,7 @@ __all__ = [
     "validate_metadata",
     "load_packaged",
     "load_model_folder",
+    "open_model_folder",
     "is_model_folder",
     "model_provenance",
     "package_versions",
@@ -196,22 +199,24 @@ def weights_path(folder: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     return path
 
 
-def load_model_folder(
-    folder: str | os.PathLike[str], map_location: str | torch.device = "cpu", trusted: bool = False
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model of a packaged-model folder (see :func:`load_packaged`).
+def open_model_folder(
+    folder: str | os.PathLike[str], trusted: bool = False
+) -> tuple[dict[str, Any], Callable[..., nn.Module]]:
+    """Check a packaged-model folder and read its inference config, without building the network.
 
     Before anything is imported or built, the network class must come from
-    :data:`~bts_monai.model.spec.TRUSTED_NETWORK_PACKAGES` (unless ``trusted``, as for checkpoints),
-    the weights file must lie inside the folder and match the SHA-256 recorded in
-    ``metadata.json``; then every tensor must fit the network and hold finite values.
+    :data:`~bts_monai.model.spec.TRUSTED_NETWORK_PACKAGES` (unless ``trusted``, as for checkpoints)
+    and the weights file must lie inside the folder and match the SHA-256 recorded in
+    ``metadata.json``. Nothing here imports torch: an ONNX runtime runs the folder's ``model.onnx``
+    (``config["onnx_file"]``) without it.
+
+    Returns:
+        ``(config, build)``: ``build(map_location="cpu")`` makes the torch network (every tensor
+        must fit it and hold finite values).
 
     Raises:
         BtsInputError: one line naming the file and the problem.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     meta = read_metadata(folder)
     class_path = meta["network"]["class_path"]
@@ -226,18 +231,6 @@ def load_model_folder(
             f"SHA-256 {digest[:12]}... differs from the {meta['weights']['sha256'][:12]}... recorded in "
             f"{METADATA_NAME}: the weights were changed or damaged",
         )
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BtsInputError(path, f"cannot read packaged weights ({type(exc).__name__}: {exc})") from exc
-    try:
-        net = build_network(class_path, meta["network"]["init_args"])
-    except Exception as exc:  # jsonargparse and the network's own checks raise many types
-        raise BtsInputError(
-            folder / METADATA_NAME, f"cannot build network {class_path} ({type(exc).__name__}: {exc})"
-        ) from exc
-    load_weights(net, state, path)
-    net.to(map_location).eval()
     config = {
         "net": dict(meta["network"]),
         **meta["inference"],
@@ -249,7 +242,38 @@ def load_model_folder(
     onnx_file = packaged_onnx(folder, meta, digest)  # what the ONNX runtimes read (inference/backends)
     if onnx_file is not None:
         config["onnx_file"] = str(onnx_file)
-    return net, config
+
+    def build(map_location: str | torch.device = "cpu") -> nn.Module:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BtsInputError(path, f"cannot read packaged weights ({type(exc).__name__}: {exc})") from exc
+        try:
+            net = build_network(class_path, meta["network"]["init_args"])
+        except Exception as exc:  # jsonargparse and the network's own checks raise many types
+            raise BtsInputError(
+                folder / METADATA_NAME, f"cannot build network {class_path} ({type(exc).__name__}: {exc})"
+            ) from exc
+        load_weights(net, state, path)
+        return net.to(map_location).eval()
+
+    return config, build
+
+
+def load_model_folder(
+    folder: str | os.PathLike[str], map_location: str | torch.device = "cpu", trusted: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model of a packaged-model folder (see :func:`load_packaged`): the checks of
+    :func:`open_model_folder`, then the network with its weights.
+
+    Raises:
+        BtsInputError: one line naming the file and the problem.
+    """
+    config, build = open_model_folder(folder, trusted)
+    return build(map_location), config
 
 
 PACKAGES: tuple[str, ...] = (
@@ -337,6 +361,7 @@ def export_model(
     Raises:
         BtsInputError: the checkpoint cannot be loaded, or the float16 weights are not finite.
     """
+    import torch
     from safetensors.torch import save_file
 
     from bts_monai.model.checkpoint import load_checkpoint

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a network is built: inference on an ONNX runtime needs none
+    import torch
+    from torch import nn
 
 from bts_monai.errors import BtsInputError
 
@@ -129,6 +130,8 @@ def build_network(class_path: str, init_args: dict[str, Any] | None = None) -> n
     import_monai()  # before jsonargparse imports the class's package
     spec = {"class_path": class_path, "init_args": dict(init_args or {})}
     parser = ArgumentParser(exit_on_error=False)
+    from torch import nn
+
     parser.add_subclass_arguments(nn.Module, "net", fail_untyped=False)
     cfg = parser.parse_object({"net": spec})
     net = parser.instantiate_classes(cfg).net
@@ -168,6 +171,8 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
     Raises:
         BtsInputError: one line naming ``path`` and the first problem found.
     """
+    import torch
+
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

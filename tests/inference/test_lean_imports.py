@@ -25,9 +25,10 @@ print(json.dumps(sorted(m for m in sys.modules if any(m == h or m.startswith(h +
 """
 
 
-def _loaded(body: str) -> list[str]:
-    """Training-only modules present in ``sys.modules`` after running ``body`` in a fresh interpreter."""
-    code = _CHECK.format(body=body, heavy=TRAINING_ONLY)
+def _loaded(body: str, heavy: tuple[str, ...] = TRAINING_ONLY) -> list[str]:
+    """Modules of ``heavy`` (default: training-only) in ``sys.modules`` after running ``body`` in a
+    fresh interpreter."""
+    code = _CHECK.format(body=body, heavy=heavy)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -45,6 +46,22 @@ def test_bts_infer_prediction_imports_no_training_stack(tmp_path: Path):
     )
     assert _loaded(body) == []
     assert out.is_file() and json.loads(report.read_text())["case_id"] == case.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_cpu_prediction_on_a_runtime_imports_neither_torch_nor_monai(tmp_path: Path, backend: str):
+    """The torch-free path (bts_monai.inference.engine): a packaged model, an ONNX runtime, a CPU."""
+    import numpy as np
+
+    case = marker_case(tmp_path / "in", np.array(AFFINE))
+    out = tmp_path / "seg.nii.gz"
+    body = (
+        "from bts_monai.cli.infer import main\n"
+        f"assert main([{str(case)!r}, '-o', {str(out)!r}, '--backend', {backend!r}, '--device', 'cpu', '-q']) == 0\n"
+    )
+    assert _loaded(body, ("torch", "monai", *TRAINING_ONLY)) == []
+    assert out.is_file()
 
 
 @pytest.mark.slow
