@@ -487,9 +487,10 @@ STAGES = (
     ("imports (all, incl. lazy ones inside the stages)", "", "_find_and_load"),
     ("model: load, build, backend compile", "inference/predictor.py", "from_checkpoint"),
     ("reading and checks", "inference/io.py", "load_case"),
-    ("to model space (RAS, resample, crop, z-score)", "inference/geometry.py", "to_model_space"),
-    ("network (sliding windows)", "inference/predictor.py", "logits"),
-    ("back to the input grid", "inference/geometry.py", "to_input_grid"),
+    # On a CPU the engine's functions run (bts_monai.inference.engine); on a GPU, MONAI's (geometry).
+    ("to model space (RAS, resample, crop, z-score)", "inference/engine.py", "to_model_space"),
+    ("network (sliding windows)", "inference/predictor.py", "numpy_logits"),
+    ("back to the input grid", "inference/engine.py", "to_input_grid"),
     ("writing", "inference/predictor.py", "save"),
 )
 

@@ -61,11 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"label {tuple(s['label'].shape)} (voxels in patch: {regions}); "
         f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
-    _segment(args.case or str(Path(case["flair"]).parent), work / "segmentation")
+    _segment(args.case or str(Path(case["flair"]).parent), work / "segmentation", synthetic=not args.case)
     return 0
 
 
-def _segment(case: str, out: Path) -> None:
+SYNTHETIC_NOTE = (
+    "      (a synthetic sample: the model was trained on real MRI and may find little or nothing in it; "
+    "bts-demo --case BRATS_CASE_DIR segments a real case)"
+)
+"""What step 4 adds when it segmented the synthetic sample, whose volumes mean nothing."""
+
+
+def _segment(case: str, out: Path, synthetic: bool = False) -> None:
     """Segment one case with the packaged default model and say where everything went."""
     import json
     import time
@@ -96,6 +103,8 @@ def _segment(case: str, out: Path) -> None:
         f"      segmentation {seg}\n      report {out / (name + '_report.json')}\n"
         f"      overlay {out / (name + '_overlay.png')}"
     )
+    if synthetic:
+        print(SYNTHETIC_NOTE)
 
 
 def _is_lgg(case: str) -> bool:

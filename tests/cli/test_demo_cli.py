@@ -24,6 +24,8 @@ def test_demo_runs_its_four_steps_quietly(tmp_path: Path) -> None:
     assert run.returncode == 0, out
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in run.stdout, out
+    # the synthetic sample's volumes mean nothing (the model was trained on real MRI): it says so
+    assert "a synthetic sample" in run.stdout and "--case" in run.stdout, out
     # MONAI's notices about its absent GPU DICOM decoder are noise a CPU user cannot act on
     assert "nvImageCodec" not in out and "NvImgCodec" not in out, out
     (seg,) = (work / "segmentation").glob("*_seg.nii.gz")

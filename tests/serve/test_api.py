@@ -255,14 +255,19 @@ def test_progress_comes_from_the_predictor(
 ) -> None:
     case_dir = make_brats_case(tmp_path, CASE, shape=(48, 48, 40), seed=4)  # several 32³ windows
     backend = brats_predictor.backend  # the runtime the network calls go through (inference/backends)
-    inferer = brats_predictor.inferer
+    inferer = brats_predictor._inferer  # MONAI's (GPU path); on a CPU the engine runs the windows
     swapped = []
 
     class SlowBackend:
         """The predictor's backend, each window slowed down so the polls see them."""
 
-        def __call__(self, x: torch.Tensor) -> torch.Tensor:
-            swapped.append(brats_predictor.inferer is not inferer)
+        def run(self, x: np.ndarray) -> np.ndarray:  # the CPU path's (NumPy) windows
+            swapped.append(brats_predictor._inferer is not inferer)
+            time.sleep(0.05)
+            return backend.run(x)
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:  # MONAI's sliding window
+            swapped.append(brats_predictor._inferer is not inferer)
             time.sleep(0.05)
             return backend(x)
 
