@@ -333,30 +333,36 @@ def variants(default_backend: str) -> list[tuple[str, tuple[str, ...]]]:
     from bts_monai.inference.backends import runtime_installed
 
     out: list[tuple[str, tuple[str, ...]]] = [
-        ("torch f32", ("--backend", "torch")),
+        ("torch f32", ("--backend", "torch", "--precision", "32")),
         ("torch bf16", ("--backend", "torch", "--precision", "bf16")),
     ]
     if runtime_installed("onnxruntime"):
         out.append(("onnxruntime f32", ("--backend", "onnxruntime")))
     if runtime_installed("openvino"):
         out += [
-            ("openvino f32", ("--backend", "openvino")),
+            ("openvino f32", ("--backend", "openvino", "--precision", "32")),
             ("openvino bf16", ("--backend", "openvino", "--precision", "bf16")),
         ]
-    out.append((f"defaults + --one-pass ({default_backend} f32)", ("--one-pass",)))
+    out.append((f"defaults + --one-pass ({default_backend})", ("--one-pass",)))
     return out
 
 
 def run_model(
-    bench: Bench, one_case: Path, cases: list[Path], repeats: int, many_repeats: int, variant_cases: list[Path]
+    bench: Bench,
+    one_case: Path,
+    cases: list[Path],
+    repeats: int,
+    many_repeats: int,
+    variant_cases: list[Path],
+    backends: bool = True,
 ) -> None:
-    """Sections 1-4 for one model (see the module docstring)."""
-    import torch
+    """Sections 1-4 for one model (see the module docstring); section 4 only with ``backends``."""
+    from bts_monai.inference.backends import choose_backend, resolve_precision
 
-    from bts_monai.inference.backends import choose_backend
-
-    default_backend = choose_backend("auto", torch.device("cpu"))
-    bench.description += f"; bts-infer's default backend here: {default_backend} (float32)"
+    default_backend = choose_backend("auto", "cpu")
+    precision = resolve_precision("auto", default_backend, "cpu")
+    default_backend += " bf16" if precision == "bf16" else " f32"
+    bench.description += f"; bts-infer's default backend here: {default_backend} (--precision auto)"
     w = bench.work
     print(f"\n== {bench.model}: {bench.description}", flush=True)
     for case in {one_case, *cases, *variant_cases}:  # every input in the page cache: no run reads from disk
@@ -370,7 +376,7 @@ def run_model(
     for r in range(many_repeats if len(cases) > 1 else 0):
         bench.record("many cases", OURS, bench.ours(cases, w / f"many_ours_{r}"), len(cases), round=r)
         bench.record("many cases", REFERENCE, bench.reference(cases, w / f"many_ref_{r}"), len(cases), round=r)
-    for name, flags in variants(default_backend):
+    for name, flags in variants(default_backend) if backends else []:
         out = w / ("var_" + "".join(c if c.isalnum() else "_" for c in name))
         row = bench.record("backends", name, bench.ours(variant_cases, out, flags), len(variant_cases))
         row["out"] = str(out)
@@ -534,6 +540,7 @@ def main() -> None:
     p.add_argument("--case", default=DEFAULT_CASE, help="the one-case section's case (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 cases, 1 round, a small DynUNet")
     p.add_argument("--profile", action="store_true", help="also cProfile one bts-infer run per model")
+    p.add_argument("--no-backends", action="store_true", help="leave out section 4 (every backend and precision)")
     p.add_argument("--workdir", type=Path, help="keep checkpoints and outputs here (default: a temporary folder)")
     p.add_argument("--reference-worker", nargs=3, metavar=("MODEL", "OUT_DIR", "RESULT"), help=argparse.SUPPRESS)
     args, rest = p.parse_known_args()
@@ -567,7 +574,7 @@ def main() -> None:
         many = cases if model == "default" else cases[: args.dynunet_cases or args.cases]
         # The DynUNet's backends run on one case: its torch windows take ~20 s each on a 2-core CPU.
         variant_cases = cases if model == "default" else [one]
-        run_model(bench, one, many, args.repeats, args.many_repeats, variant_cases)
+        run_model(bench, one, many, args.repeats, args.many_repeats, variant_cases, not args.no_backends)
         bench.variant_cases = variant_cases
         if args.profile:
             bench.profile_text = profile(bench, one)

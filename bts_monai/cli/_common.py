@@ -86,7 +86,13 @@ def add_speed_arguments(parser: argparse.ArgumentParser, title: str = "speed") -
         help="post-processing of the thresholded masks: model (default: the model's, chosen on its "
         "training cases), none, largest_component (keep the largest connected tumour component)",
     )
-    speed.add_argument("--precision", choices=PRECISIONS, default="32", help="32 (default) or bf16")
+    speed.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default: bf16 with OpenVINO on CPUs with native bf16, AVX512-BF16 or AMX, and on bf16 "
+        "GPUs; else 32), 32 or bf16",
+    )
     speed.add_argument(
         "--backend",
         choices=BACKENDS,

@@ -44,6 +44,7 @@ __all__ = [
     "Backend",
     "OnnxRuntimeBackend",
     "OpenVINOBackend",
+    "PRECISIONS",
     "TorchBackend",
     "cached_onnx",
     "choose_backend",
@@ -53,6 +54,7 @@ __all__ = [
     "onnx_cache_dir",
     "packaged_onnx",
     "write_packaged_onnx",
+    "resolve_precision",
     "runtime_installed",
 ]
 
@@ -65,6 +67,13 @@ AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime")
 """What ``auto`` tries on a CPU, fastest first as measured (benchmarks/README.md): OpenVINO beat
 ONNX Runtime on both CPU kinds measured (AVX512 with bf16 here, AVX2-only in issue 16's figures),
 and both beat torch eager; with neither installed ``auto`` is torch."""
+
+PRECISIONS: tuple[str, ...] = ("auto", "32", "bf16")
+"""Values of ``--precision``. ``auto`` (the default) is bf16 where it was measured faster and the
+hardware runs it natively -- OpenVINO on a CPU with AVX512-BF16 or AMX (1.15x on the packaged
+model, 1.6x on the brats21 DynUNet, Dice within 0.0004; benchmarks/README.md), torch on a GPU that
+supports bf16 -- and float32 everywhere else: ONNX Runtime has no bf16 CPU kernels, and on
+AVX2-only CPUs bf16 is emulated and many times slower."""
 
 INSTALL_HINTS: dict[str, str] = {
     "onnxruntime": "pip install onnxruntime (part of bts_monai's base install)",
@@ -102,6 +111,27 @@ def _missing(name: str, what: str) -> BtsInputError:
 def _device_type(device: Any) -> str:
     """``"cpu"``, ``"cuda"``, ... of a ``torch.device`` or a device name."""
     return str(getattr(device, "type", None) or str(device).split(":")[0])
+
+
+def resolve_precision(precision: str, backend: str, device: Any = "cpu") -> str:
+    """``"32"`` or ``"bf16"`` for ``precision`` (``auto`` decided as :data:`PRECISIONS` says) on
+    ``backend``; logs an automatic choice."""
+    if precision != "auto":
+        return precision
+    if _device_type(device) == "cpu":
+        from bts_monai.model.precision import cpu_bf16_flags
+
+        flags = [f for f in cpu_bf16_flags() if f in ("avx512_bf16", "amx_bf16")]
+        if backend == "openvino" and flags:
+            logger.info("precision: bf16 (auto: OpenVINO on a CPU with native bf16: %s)", ", ".join(flags))
+            return "bf16"
+        return "32"
+    import torch
+
+    if backend == "torch" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        logger.info("precision: bf16 (auto: the GPU supports bf16)")
+        return "bf16"
+    return "32"
 
 
 def choose_backend(requested: str, device: Any) -> str:
@@ -175,6 +205,7 @@ class Backend:
 
     name = "torch"
     onnx_path: Path | None = None
+    precision = "32"
 
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """``(N, C, *roi)`` float32 windows -> the network's main output, float32."""
@@ -198,6 +229,7 @@ class TorchBackend(Backend):
 
     def __init__(self, net: nn.Module, precision: str = "32", channels_last: bool = False) -> None:
         self.net, self.autocast, self.channels_last = net, precision == "bf16", channels_last
+        self.precision = "bf16" if self.autocast else "32"
 
     def run(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -274,6 +306,7 @@ class OpenVINOBackend(Backend):
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         self.onnx_path = Path(onnx_path)
+        self.precision = "bf16" if precision == "bf16" else "32"
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
@@ -302,8 +335,9 @@ def make_backend(
         config: its inference config (``spatial_dims``, ``roi_size``, ``modalities``, and
             ``weights_sha256`` naming the weights for the export cache).
         onnx_path: an ONNX export of ``net`` (a packaged model's); default: :func:`cached_onnx`.
-        precision: ``"32"`` or ``"bf16"`` (torch autocast, OpenVINO's precision hint; ONNX Runtime
-            runs float32 either way).
+        precision: ``"auto"``, ``"32"`` or ``"bf16"`` (torch autocast, OpenVINO's precision hint;
+            ONNX Runtime runs float32 either way); ``auto`` as :func:`resolve_precision` decides.
+            The backend's ``precision`` attribute says what it runs.
         threads: CPU threads for the runtime (default: torch's thread count).
         channels_last: torch only.
         device: where the network runs (default CPU).
@@ -321,14 +355,15 @@ def make_backend(
         # A network built in Python has no file to key an export by; exporting every new object
         # would cost more than it saves. Name a runtime to export it anyway.
         logger.debug("backend: torch (auto: a network without a checkpoint or packaged export)")
-        return TorchBackend(torch_net(), precision, channels_last)
+        return TorchBackend(torch_net(), resolve_precision(precision, "torch", device), channels_last)
     chosen = choose_backend(name, device)
+    asked, precision = precision, resolve_precision(precision, chosen, device)
     if chosen == "torch":
         return TorchBackend(torch_net(), precision, channels_last)
     try:
         path = Path(onnx_path) if onnx_path is not None else cached_onnx(net, config)
         if chosen == "onnxruntime":
-            if precision == "bf16":
+            if asked == "bf16":
                 logger.info("backend onnxruntime: runs float32 (it has no bf16 CPU kernels)")
             backend: Backend = OnnxRuntimeBackend(path, threads)
         else:
@@ -340,7 +375,7 @@ def make_backend(
             problem = f"--backend {chosen} cannot run this model ({type(exc).__name__}: {exc})"
             raise BtsInputError(onnx_path, problem) from exc
         logger.warning("backend %s unavailable for this model (%s); using torch", chosen, exc)
-        return TorchBackend(torch_net(), precision, channels_last)
+        return TorchBackend(torch_net(), resolve_precision(asked, "torch", device), channels_last)
     logger.debug("backend: %s", backend.describe())
     return backend
 

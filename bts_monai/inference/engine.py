@@ -531,6 +531,7 @@ def class_probabilities(logits: np.ndarray, label_mode: str) -> np.ndarray:
     """Sigmoid per region (``regions``) or softmax over the label values (``labels``), float32."""
     logits = np.asarray(logits, dtype=np.float32)
     if label_mode == "regions":
-        return (np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))).astype(np.float32)
+        with np.errstate(over="ignore"):  # exp(-x) of a very negative logit is inf: probability 0
+            return (np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))).astype(np.float32)
     shifted = np.exp(logits - logits.max(0, keepdims=True))
     return (shifted / shifted.sum(0, keepdims=True)).astype(np.float32)

@@ -38,6 +38,7 @@ import numpy as np
 from bts_monai.errors import BtsInputError
 from bts_monai.fileio import ProtectedFiles, check_writable, refuse_overwrite
 from bts_monai.inference import engine
+from bts_monai.inference.backends import PRECISIONS as BACKEND_PRECISIONS
 from bts_monai.inference.backends import make_backend
 from bts_monai.inference.display import DEFAULT_CONVENTION, check_convention
 from bts_monai.inference.io import (
@@ -81,8 +82,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("32", "bf16")
-"""Inference precisions: float32, or bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."""
+PRECISIONS = BACKEND_PRECISIONS
+"""Inference precisions: ``auto`` (bf16 where it is native and measured faster: OpenVINO on CPUs
+with AVX512-BF16/AMX, torch on bf16 GPUs; else float32), ``32`` or ``bf16``
+(:data:`~bts_monai.inference.backends.PRECISIONS`)."""
 
 NO_DEFAULT_MODEL = (
     "no packaged default model is installed for this input; pass --ckpt PATH (a checkpoint from "
@@ -342,7 +345,9 @@ class Predictor:
         overlap: sliding-window overlap (0 to <1); default: the model's ``sw_overlap``.
         tta: average the network over mirror flips of the axes training mirrored (the model's
             ``mirror_axes``; up to 2^D times slower).
-        precision: ``"32"`` or ``"bf16"`` (autocast; fast on CPUs with native bfloat16).
+        precision: ``"auto"`` (default: bf16 where the hardware runs it natively and it was
+            measured faster -- OpenVINO on CPUs with AVX512-BF16 or AMX, torch on bf16 GPUs --
+            float32 elsewhere), ``"32"`` or ``"bf16"`` (autocast / OpenVINO's bf16).
         threads: CPU threads for torch (sets ``torch.set_num_threads``, process-wide); default torch's.
         sw_batch_size: windows per forward pass (default 1 on CPU, where larger is slower; 4 on GPU).
         progress: show a progress bar over the windows of each case.
@@ -379,7 +384,7 @@ class Predictor:
         device: str | torch.device = "auto",
         overlap: float | None = None,
         tta: bool = False,
-        precision: str = "32",
+        precision: str = "auto",
         threads: int | None = None,
         sw_batch_size: int | None = None,
         progress: bool = False,
@@ -459,6 +464,8 @@ class Predictor:
             channels_last=self.channels_last,
             device=self._device,
         )
+        self.precision = self.backend.precision
+        """What the network runs in: ``"32"`` or ``"bf16"`` (``auto`` resolved)."""
         self.one_pass = bool(one_pass)
         self.sw_batch_size = int(sw_batch_size or (1 if self._device == "cpu" else 4))
         roi = list(self.settings["sw_roi_size"])

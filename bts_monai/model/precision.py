@@ -13,7 +13,7 @@ import logging
 import platform
 from functools import lru_cache
 
-import torch
+# torch is imported inside the functions that need it: inference reads cpu_bf16_flags without it.
 
 __all__ = ["cpu_bf16_flags", "cpu_has_native_bf16", "auto_precision", "resolve_precision"]
 
@@ -56,6 +56,8 @@ def cpu_has_native_bf16() -> bool:
     AMX/BF16 levels settle it, otherwise the CPU flags do (a plain ``AVX512`` level does not say
     whether the chip has the bf16 extension).
     """
+    import torch
+
     capability = torch.backends.cpu.get_cpu_capability().upper()
     if "AMX" in capability or "BF16" in capability:
         return True
@@ -71,6 +73,8 @@ def auto_precision(accelerator: str | None = "auto") -> str:
     Returns:
         A value for ``pytorch_lightning.Trainer(precision=...)``.
     """
+    import torch
+
     accelerator = (accelerator or "auto").lower()
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if on_gpu and torch.cuda.is_available():

@@ -111,3 +111,33 @@ def test_every_backend_gives_torch_labels_on_a_real_case(real_data):
         agreement = float((labels == ref).mean())
         assert agreement >= 0.999, (name, agreement)
         assert np.array_equal(np.unique(labels), np.unique(ref))
+
+
+@pytest.mark.parametrize(
+    "flags,backend,want",
+    [
+        (("avx512_bf16",), "openvino", "bf16"),
+        (("amx_bf16", "avx512_bf16"), "openvino", "bf16"),
+        ((), "openvino", "32"),  # AVX2-only: bf16 would be emulated, many times slower
+        (("avx512_bf16",), "onnxruntime", "32"),  # no bf16 CPU kernels
+        (("avx512_bf16",), "torch", "32"),
+    ],
+)
+def test_auto_precision_is_bf16_only_for_openvino_on_native_bf16(monkeypatch, caplog, flags, backend, want):
+    from bts_monai.model import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: flags)
+    with caplog.at_level(logging.INFO, logger="bts_monai.inference.backends"):
+        assert backends.resolve_precision("auto", backend, "cpu") == want
+    assert ("precision: bf16" in caplog.text) == (want == "bf16")
+    assert backends.resolve_precision("32", backend, "cpu") == "32"  # an explicit choice wins
+    assert backends.resolve_precision("bf16", backend, "cpu") == "bf16"
+
+
+def test_predictor_records_the_precision_it_runs(monkeypatch):
+    from bts_monai.model import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ())
+    p = Predictor.from_packaged(device="cpu", backend="onnxruntime")
+    assert p.precision == p.backend.precision == "32"
+    assert p.provenance()["precision"] == "32"
