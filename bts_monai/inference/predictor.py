@@ -613,41 +613,11 @@ class Predictor:
     # ---- the network over a volume ----------------------------------------------------------
     def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The backend on torch windows ``(N, C, *roi3d)`` (MONAI's sliding window), with TTA."""
-        once, dims = self.backend, self.spatial_dims
-        flips = _flip_sets(self.mirror_axes) if self.tta else [()]
-
-        def forward(window: torch.Tensor) -> torch.Tensor:
-            if dims == 2:
-                window = window[..., 0]
-            total = None
-            for axes in flips:
-                x = window.flip(axes) if axes else window
-                y = once(x)
-                y = y.flip(axes) if axes else y
-                total = y if total is None else total + y
-            out = total / len(flips)  # type: ignore[operator]
-            return out[..., None] if dims == 2 else out
-
-        return forward
+        return _tta_network(self.backend, lambda t, axes: t.flip(axes), self)
 
     def _numpy_network(self) -> Callable[[np.ndarray], np.ndarray]:
         """The backend on NumPy windows ``(N, C, *roi3d)`` (:func:`engine.sliding_window`), with TTA."""
-        run, dims = self.backend.run, self.spatial_dims
-        flips = _flip_sets(self.mirror_axes) if self.tta else [()]
-
-        def forward(window: np.ndarray) -> np.ndarray:
-            if dims == 2:
-                window = window[..., 0]
-            total = None
-            for axes in flips:
-                x = np.ascontiguousarray(np.flip(window, axes)) if axes else window
-                y = run(x)
-                y = np.flip(y, axes) if axes else y
-                total = y if total is None else total + y
-            out = total / np.float32(len(flips))  # type: ignore[operator]
-            return out[..., None] if dims == 2 else out
-
-        return forward
+        return _tta_network(self.backend.run, lambda a, axes: np.ascontiguousarray(np.flip(a, axes)), self)
 
     def logits(self, image: torch.Tensor, progress_callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Blended network output ``(K, *spatial)`` for a model-space image ``(C, *spatial)`` (MONAI's
@@ -1340,6 +1310,28 @@ def _size_divisor(init_args: dict[str, Any], dims: int) -> list[int]:
         per_axis = list(s) if isinstance(s, (list, tuple)) else [s] * dims
         out = [o * int(a) for o, a in zip(out, per_axis)]
     return out
+
+
+def _tta_network(
+    run: Callable[[Any], Any], flip: Callable[[Any, tuple[int, ...]], Any], p: Predictor
+) -> Callable[[Any], Any]:
+    """``run`` on windows ``(N, C, *roi3d)`` of ``p``'s model: 2D models get the slice axis taken
+    off and put back; with ``p.tta``, the mean over the mirror flips of its axes (``flip(x, axes)``)."""
+    dims = p.spatial_dims
+    flips = _flip_sets(p.mirror_axes) if p.tta else [()]
+
+    def forward(window: Any) -> Any:
+        if dims == 2:
+            window = window[..., 0]
+        total = None
+        for axes in flips:
+            y = run(flip(window, axes) if axes else window)
+            y = flip(y, axes) if axes else y
+            total = y if total is None else total + y
+        out = total / len(flips)  # type: ignore[operator]
+        return out[..., None] if dims == 2 else out
+
+    return forward
 
 
 def _flip_sets(spatial_axes: Sequence[int]) -> list[tuple[int, ...]]:
