@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -255,11 +256,14 @@ def _numpy(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().float().cpu().numpy(), dtype=np.float32)
 
 
+def _built(net: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """The network itself, or what the function that builds it returns (built when first needed)."""
+    return net if hasattr(net, "state_dict") else net()  # type: ignore[operator,return-value]
+
+
 def default_threads() -> int:
     """CPU threads for a runtime when none are asked for: torch's count when torch is loaded (its
     default is the physical cores), else the CPUs this process may use."""
-    import sys
-
     if "torch" in sys.modules:
         return int(sys.modules["torch"].get_num_threads())
     try:
@@ -349,7 +353,7 @@ def make_backend(
     device = device or "cpu"
 
     def torch_net() -> nn.Module:
-        return net if hasattr(net, "state_dict") else net()  # type: ignore[operator,return-value]
+        return _built(net)
 
     if name == "auto" and onnx_path is None and not config.get("weights_sha256"):
         # A network built in Python has no file to key an export by; exporting every new object
@@ -495,14 +499,14 @@ def cached_onnx(
     export, the same checkpoint is exported once.
     """
     folder = Path(cache) if cache is not None else onnx_cache_dir()
-    if not config.get("weights_sha256") and not hasattr(net, "state_dict"):
-        net = net()  # type: ignore[operator]  # the key is a hash of the weights themselves
+    if not config.get("weights_sha256"):
+        net = _built(net)  # the key is then a hash of the weights themselves
     path = folder / f"{_weights_key(net, config)}.onnx"  # type: ignore[arg-type]
     if path.is_file():
         logger.debug("ONNX export from the cache: %s", path)
         return path
     logger.info("exporting the network to ONNX (once for this checkpoint): %s", path)
-    export_onnx(net if hasattr(net, "state_dict") else net(), config, path)  # type: ignore[operator,arg-type]
+    export_onnx(_built(net), config, path)
     return path
 
 

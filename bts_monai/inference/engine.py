@@ -86,13 +86,11 @@ def _ras_transform(affine: np.ndarray) -> np.ndarray:
 
 
 def _apply_ornt(image: np.ndarray, ornt: np.ndarray) -> np.ndarray:
-    """nibabel's ``apply_orientation`` on the spatial axes of a channel-first array (a view)."""
-    out = image
-    for axis, flip in enumerate(ornt[:, 1]):
-        if flip == -1:
-            out = np.flip(out, axis + 1)
-    order = np.argsort(ornt[:, 0])
-    return out.transpose(0, *(int(a) + 1 for a in order))
+    """nibabel's ``apply_orientation`` (what MONAI's ``Orientation`` does) on the spatial axes of a
+    channel-first array; flips and transposes, so a view."""
+    import nibabel as nib
+
+    return np.moveaxis(nib.orientations.apply_orientation(np.moveaxis(image, 0, -1), ornt), -1, 0)
 
 
 def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
@@ -104,10 +102,6 @@ def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
 
 
 # ---- resampling (MONAI's Spacing) ----------------------------------------------------------------
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(affine[:-1, :-1] ** 2, axis=0))
-
-
 def _zoom_affine(affine: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """MONAI's ``zoom_affine(affine, scale, diagonal=False)``: the rotation kept, the zooms replaced."""
     rzs = affine[:-1, :-1]
@@ -146,7 +140,9 @@ def _spaced_grid(
     out_d = np.asarray(pixdim, dtype=float)[: len(shape)]
     if out_d.size < len(shape):
         out_d = np.append(out_d, [out_d[-1]] * (len(shape) - out_d.size))
-    orig = _spacing(affine)
+    import nibabel as nib
+
+    orig = nib.affines.voxel_sizes(affine)
     out_d = np.where(np.abs(orig - out_d) <= AFFINE_TOL, orig, out_d)  # MONAI keeps a spacing within tolerance
     new_affine = _zoom_affine(affine, out_d)
     out_shape, offset = _shape_offset(shape, affine, new_affine)
@@ -207,14 +203,13 @@ def _reach(
     hi: Sequence[int],
     src_shape: Sequence[int],
     out_shape: Sequence[int],
-    touching: bool = False,
 ) -> tuple[list[int], list[int]]:
     """For a diagonal ``xform`` (output voxel -> source voxel), the output box whose samples fall
     inside the source box ``[lo, hi)`` widened by one voxel: every other output voxel interpolates
     only voxels outside it (beyond the source's edge, the edge itself, which counts as inside where
-    the box reaches that edge). ``touching`` also counts samples exactly one voxel out (weight 0).
+    the box reaches that edge).
     """
-    eps = 1e-9 if touching else -1e-9
+    eps = -1e-9  # a sample exactly one voxel out has weight 0 there
     start, stop = [], []
     for d, n in enumerate(out_shape):
         a, b = float(xform[d, d]), float(xform[d, -1])
@@ -296,7 +291,8 @@ def _monai_mask(
 
 def _monai_box(mask: np.ndarray, touches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[int], list[int]]:
     """The non-zero box of MONAI's resampling of a volume with non-zero ``mask`` (see :func:`_touches`)."""
-    start, stop = [], []
+    start: list[int] = []
+    stop: list[int] = []
     for d in range(mask.ndim):
         sub = mask
         for e, (f, g) in enumerate(touches):
@@ -307,25 +303,34 @@ def _monai_box(mask: np.ndarray, touches: list[tuple[np.ndarray, np.ndarray]]) -
                 sub = np.compress(flag, sub, axis=e)
         planes = sub.any(axis=tuple(e for e in range(mask.ndim) if e != d))
         f, g = touches[d]
-        hits = np.flatnonzero(planes[f] | planes[g])
-        if hits.size == 0:
+        if not _extend(start, stop, planes[f] | planes[g]):
             return [0] * mask.ndim, [0] * mask.ndim
-        start.append(int(hits[0]))
-        stop.append(int(hits[-1]) + 1)
     return start, stop
 
 
 def _nonzero_box(mask: np.ndarray) -> tuple[list[int], list[int]]:
     """MONAI's ``generate_spatial_bounding_box`` (margin 0) of a boolean ``(*spatial)`` mask."""
-    start, stop = [], []
+    start: list[int] = []
+    stop: list[int] = []
     for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if hits.size == 0:
+        if not _extend(start, stop, mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))):
             return [0] * mask.ndim, [0] * mask.ndim
-        start.append(int(hits[0]))
-        stop.append(int(hits[-1]) + 1)
     return start, stop
+
+
+def _extend(start: list[int], stop: list[int], planes: np.ndarray) -> bool:
+    """Append the first and one past the last true index of ``planes``; ``False`` when none is."""
+    hits = np.flatnonzero(planes)
+    if hits.size == 0:
+        return False
+    start.append(int(hits[0]))
+    stop.append(int(hits[-1]) + 1)
+    return True
+
+
+def _box(start: Sequence[int], stop: Sequence[int]) -> tuple[slice, ...]:
+    """The index of a box ``[start, stop)`` in a channel-first array."""
+    return (slice(None), *[slice(a, b) for a, b in zip(start, stop)])
 
 
 # ---- intensity -------------------------------------------------------------------------------------
@@ -390,13 +395,16 @@ def to_model_space(
     grid_affine, spaced_shape = ras_affine, ras_shape
     if spacing:
         new_affine, shape = _spaced_grid(ras_affine, ras_shape, spacing)
-        unchanged = np.allclose(ras_affine, new_affine, atol=AFFINE_TOL) and shape == ras_shape
         step = np.linalg.solve(ras_affine, new_affine)
-        if not unchanged and not (np.allclose(step, np.eye(4), atol=AFFINE_TOL) and shape == ras_shape):
+        # MONAI's spatial_resample leaves the image as it is when the grid does not change.
+        unchanged = shape == ras_shape and (
+            np.allclose(ras_affine, new_affine, atol=AFFINE_TOL) or np.allclose(step, np.eye(4), atol=AFFINE_TOL)
+        )
+        if not unchanged:
             xform, grid_affine, spaced_shape = step, new_affine, shape
     if xform is None:
         start, stop = _nonzero_box(brain_mask(ras))
-        x = np.array(ras[(slice(None), *[slice(a, b) for a, b in zip(start, stop)])], dtype=np.float32)
+        x = np.array(ras[_box(start, stop)], dtype=np.float32)
     else:
         if _diagonal(xform):
             # Only the brain's box is resampled (the rest is exactly 0 in MONAI's full resampling
@@ -412,7 +420,7 @@ def to_model_space(
         else:  # a sheared grid: resample all of it and crop, as MONAI does
             full = _resample(np.asarray(ras), xform, [0] * 3, spaced_shape)
             start, stop = _nonzero_box(brain_mask(full))
-            x = np.ascontiguousarray(full[(slice(None), *[slice(a, b) for a, b in zip(start, stop)])])
+            x = np.ascontiguousarray(full[_box(start, stop)])
             del full
     box_affine = grid_affine.copy()
     box_affine[:-1, -1] = grid_affine[:-1, :-1] @ np.asarray(start, dtype=float) + grid_affine[:-1, -1]
@@ -429,12 +437,11 @@ def to_input_grid(values: np.ndarray, plan: GridPlan) -> np.ndarray:
         return values
     start = [a for a, _ in plan.box]
     stop = [b for _, b in plan.box]
+    ras = np.zeros((k, *plan.ras_shape), dtype=np.float32)
     if plan.xform is None:
-        ras = np.zeros((k, *plan.ras_shape), dtype=np.float32)
-        ras[(slice(None), *[slice(a, b) for a, b in zip(start, stop)])] = values
+        ras[_box(start, stop)] = values
     else:
         back = np.linalg.inv(plan.xform)  # RAS voxel -> model-grid voxel
-        ras = np.zeros((k, *plan.ras_shape), dtype=np.float32)
         if _diagonal(back):
             # The box padded by one voxel of zeros where the grid goes on (MONAI pads the box with
             # zeros, then interpolates); where the box reaches the grid's edge, the edge is replicated.
@@ -446,11 +453,11 @@ def to_input_grid(values: np.ndarray, plan: GridPlan) -> np.ndarray:
             if all(b > a for a, b in zip(lo, hi)):
                 shifted = back.copy()
                 shifted[:-1, -1] -= np.asarray(src_lo, dtype=float)  # into the padded box's indices
-                region = ras[(slice(None), *[slice(a, b) for a, b in zip(lo, hi)])]
+                region = ras[_box(lo, hi)]
                 _resample(src, shifted, lo, [b - a for a, b in zip(lo, hi)], out=region)
         else:
             full = np.zeros((k, *plan.spaced_shape), dtype=np.float32)
-            full[(slice(None), *[slice(a, b) for a, b in zip(start, stop)])] = values
+            full[_box(start, stop)] = values
             _resample(full, back, [0] * len(plan.ras_shape), plan.ras_shape, out=ras)
     return np.ascontiguousarray(_apply_ornt(ras, _inverse_ornt(plan.ornt)))
 

@@ -740,11 +740,15 @@ class Predictor:
                 :attr:`progress_callback`).
         """
         start = time.perf_counter()
-        shown = case.channels.index("flair") if "flair" in case.channels else 0
+
+        def drop_image() -> None:  # once the network's input is made: only the overlay's channel
+            if not keep_image:
+                shown = case.channels.index("flair") if "flair" in case.channels else 0
+                case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
+
         if self.use_engine:
             x, plan = engine.to_model_space(case.image, case.affine, self.config, case.kind)
-            if not keep_image:
-                case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
+            drop_image()
             logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(x.shape[1:]), case.spatial_shape)
             probs = engine.class_probabilities(self.numpy_logits(x, progress_callback), self.label_mode)
             del x
@@ -755,8 +759,7 @@ class Predictor:
 
             transforms = self._transforms[case.kind]
             mt = geometry.to_model_space(case.image, case.affine, transforms, case.source)
-            if not keep_image:
-                case.image, case.channels = case.image[shown : shown + 1].copy(), (case.channels[shown],)
+            drop_image()
             logger.debug("%s: model input %s (input grid %s)", case.case_id, tuple(mt.shape[1:]), case.spatial_shape)
             probs_t = self.class_probabilities(self.logits(mt.as_tensor(), progress_callback))
             grid = geometry.to_input_grid(probs_t.cpu(), mt, transforms).numpy()
