@@ -433,12 +433,57 @@ def export_onnx(
                 opset_version=ONNX_OPSET,
                 dynamo=False,
             )
+        halved = store_float16_weights(tmp)
         record: dict[str, Any] = {"file": path.name, "opset": ONNX_OPSET, "atol": EXPORT_ATOL, "rtol": EXPORT_RTOL}
+        if halved:
+            record["float16_initializers"] = halved
         if check:
             record.update(check_export(wrapped, tmp, example))
         data = tmp.read_bytes()
     record.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     return record
+
+
+def store_float16_weights(path: str | os.PathLike[str], min_size: int = 16) -> int:
+    """Store the float32 weights of the ONNX file ``path`` that float16 holds exactly as float16,
+    each followed by a ``Cast`` back to float32; returns how many were converted.
+
+    The packaged models' weights are float16-rounded (their safetensors are float16), so their
+    export loses nothing and is half the size. The runtimes fold the casts when they load the
+    file (ONNX Runtime's constant folding, OpenVINO's weight decompression), so they compute in
+    float32 as before. Weights that float16 would round (a training checkpoint's) stay float32:
+    this is storage, not quantisation. onnx has no such pass (onnxconverter-common's
+    ``convert_float_to_float16`` converts the arithmetic too, which CPUs run slower).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, kept, converted = [], [], 0
+    for init in graph.initializer:
+        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_size:
+            kept.append(init)
+            continue
+        value = numpy_helper.to_array(init)
+        half = value.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), value, equal_nan=True):
+            kept.append(init)
+            continue
+        stored = numpy_helper.from_array(half, f"{init.name}__float16")
+        kept.append(stored)
+        casts.append(helper.make_node("Cast", [stored.name], [init.name], to=TensorProto.FLOAT))
+        converted += 1
+    if not converted:
+        return 0
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return converted
 
 
 def check_export(net: nn.Module, onnx_path: str | os.PathLike[str], example: torch.Tensor) -> dict[str, Any]:

@@ -99,6 +99,32 @@ def test_export_differing_from_torch_is_refused(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("half", [True, False])
+def test_export_stores_float16_exact_weights_at_half_size(tmp_path, half):
+    import onnx
+
+    net, config = _tiny()
+    if half:  # a packaged model's weights: float16-rounded, as its safetensors hold them
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(p.half().float())
+    record = backends.export_onnx(net, config, tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    kinds = {i.name: i.data_type for i in model.graph.initializer}
+    casts = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0] in kinds]
+    if half:
+        assert record["float16_initializers"] == len(casts) > 0
+        assert all(kinds[n.input[0]] == onnx.TensorProto.FLOAT16 for n in casts)
+        # the weights the graph computes with are the float32 values, bit for bit
+        x = np.random.default_rng(0).standard_normal((1, 2, 16, 16, 16)).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(backends.OnnxRuntimeBackend(tmp_path / "m.onnx").run(x), want, atol=1e-4)
+    else:  # float32 weights that float16 would round are kept: storage, not quantisation
+        assert "float16_initializers" not in record and not casts
+        assert onnx.TensorProto.FLOAT16 not in kinds.values()
+
+
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_every_backend_gives_torch_labels_on_a_real_case(real_data):
