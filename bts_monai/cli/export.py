@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="")
     p.add_argument("--model-version", default="1.0.0", help="the packaged model's version (default %(default)s)")
     p.add_argument("--split", help="the run's split/datalist JSON: records which cases trained and validated")
-    p.add_argument("--eval-csv", help="bts-eval CSV of the validation cases: its summary means become metadata")
+    p.add_argument(
+        "--eval-csv",
+        help="bts-eval CSV of the validation cases: its summary means and each case's Dice and HD95 become metadata",
+    )
     p.add_argument("--baseline-csv", help="bts-eval CSV of an untrained model on the same cases")
     p.add_argument("--command", default="", help="the exact training command")
     p.add_argument("--seed", type=int, default=0)
@@ -100,6 +103,26 @@ def _means(path: str | None) -> dict[str, dict[str, float]]:
     return out
 
 
+PER_CASE_METRICS = ("dice", "hd95")
+"""What ``--eval-csv`` records of each validation case (the model card's per-case table)."""
+
+
+def _per_case(path: str | None) -> dict[str, dict[str, dict[str, float]]]:
+    """Per region, per case: Dice and HD95 (the case rows of a bts-eval CSV); an empty HD95
+    (an empty region) is left out."""
+    if not path:
+        return {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("case_id") in (None, "", "summary"):
+                continue
+            out.setdefault(row["region"], {})[row["case_id"]] = {
+                k: round(float(row[k]), 4) for k in PER_CASE_METRICS if _is_number(row.get(k) or "")
+            }
+    return out
+
+
 def _is_number(v: str) -> bool:
     try:
         float(v)
@@ -122,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(args.ckpt, args.onnx, args.bundle, args.trusted)
     if not args.name:
         parser.error("give NAME to package the checkpoint as, or --onnx / --bundle")
-    validation = {"mean_per_region": _means(args.eval_csv)}
+    validation: dict[str, Any] = {"mean_per_region": _means(args.eval_csv), "per_case": _per_case(args.eval_csv)}
     if args.baseline_csv:
         validation["untrained_mean_per_region"] = _means(args.baseline_csv)
     folder = export_model(

@@ -83,3 +83,35 @@ def test_refusals_are_one_line(ckpt: Path, tmp_path: Path, one_line_error, args:
     assert main(argv) == 2
     one_line_error(*needles)
     assert not (tmp_path / "b").exists()
+
+
+def test_package_records_each_validation_case_from_the_eval_csv(ckpt: Path, tmp_path: Path) -> None:
+    """``--eval-csv``: the summary means and each case's Dice and HD95 per region, as bts-eval wrote them."""
+    import csv
+
+    import nibabel as nib
+
+    from bts_monai.cli.eval import main as eval_main
+
+    labels = np.zeros((16, 16, 12), dtype=np.uint8)
+    labels[3:13, 3:13, 2:10] = 2
+    labels[5:11, 5:11, 2:10] = 1
+    labels[6:10, 6:10, 2:10] = 4
+    for case, shift in (("a", 0), ("b", 2)):
+        (tmp_path / "gt" / case).mkdir(parents=True)
+        (tmp_path / "pred").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "gt" / case / f"{case}_seg.nii.gz"))
+        nib.save(nib.Nifti1Image(np.roll(labels, shift, axis=0), np.eye(4)), str(tmp_path / "pred" / f"{case}.nii.gz"))
+    scores = tmp_path / "val.csv"
+    assert eval_main([str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(scores)]) == 0
+    assert main([str(ckpt), "tiny", "--out", str(tmp_path / "models"), "--eval-csv", str(scores)]) == 0
+    validation = json.loads((tmp_path / "models" / "tiny" / "metadata.json").read_text())["validation"]
+    with scores.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["case_id"] in ("a", "b")]
+    assert len(rows) == 6  # two cases x three regions
+    for row in rows:
+        got = validation["per_case"][row["region"]][row["case_id"]]
+        assert got == {"dice": round(float(row["dice"]), 4), "hd95": round(float(row["hd95"]), 4)}
+    assert validation["per_case"]["WT"]["a"]["dice"] == 1.0 > validation["per_case"]["WT"]["b"]["dice"]
+    wt_mean = validation["mean_per_region"]["WT"]["dice"]
+    assert wt_mean == pytest.approx(np.mean([validation["per_case"]["WT"][c]["dice"] for c in "ab"]), abs=1e-4)
