@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from bts_monai.cli._common import exits_on_bad_input, setup_logging
@@ -71,10 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _split_cases(path: str | None) -> dict[str, Any]:
+def _split_cases(path: str | None, ckpt: str) -> dict[str, Any]:
+    """The training and validation cases of ``--split`` (the run's datalist JSON, ``splits/...``),
+    re-split by the checkpoint's fixed ``val_cases`` when its DataModule had them: the datalist
+    file holds the split before ``val_cases`` were applied, the checkpoint what trained."""
     if not path:
         return {}
-    data = json.loads(Path(path).read_text())
+    from bts_monai.data.discovery import fixed_split, read_datalist
+    from bts_monai.model.checkpoint import read_val_cases
+
+    data = read_datalist(path)
+    val_cases = read_val_cases(ckpt)
+    if val_cases:
+        data = fixed_split(data, val_cases, path)
     train = [e["case_id"] for e in data.get("training", [])]
     val = [e["case_id"] for e in data.get("validation", [])]
     return {
@@ -154,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         description=args.description,
         version=args.model_version,
-        training_data=_split_cases(args.split),
+        training_data=_split_cases(args.split, args.ckpt),
         validation=validation,
         reproduce={"command": args.command, "seed": args.seed},
         data_license=args.data_license,

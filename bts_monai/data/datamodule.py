@@ -20,6 +20,7 @@ from bts_monai.data.discovery import (
     check_case,
     entry_item,
     entry_scheme,
+    fixed_split,
     make_datalist,
     read_datalist,
     select_split,
@@ -245,20 +246,7 @@ class BratsDataModule(pl.LightningDataModule):
         return self._fixed_split(dl) if self.val_cases else dl
 
     def _fixed_split(self, dl: dict[str, Any]) -> dict[str, Any]:
-        """Re-split a datalist so that exactly ``val_cases`` validate."""
-        labelled = dl["training"] + dl.get("validation", [])
-        ids = {e["case_id"] for e in labelled}
-        missing = [c for c in self.val_cases or [] if c not in ids]
-        if missing:
-            raise BtsInputError(
-                self.datalist_path or self.data_root, f"val_cases not found among the labelled cases: {missing}"
-            )
-        wanted = set(self.val_cases or [])
-        out = dict(dl)
-        out["training"] = [{k: v for k, v in e.items() if k != "fold"} for e in labelled if e["case_id"] not in wanted]
-        out["validation"] = [{k: v for k, v in e.items() if k != "fold"} for e in labelled if e["case_id"] in wanted]
-        out["split"] = {"mode": "fixed", "val_cases": sorted(wanted)}
-        return out
+        return fixed_split(dl, self.val_cases or [], self.datalist_path or self.data_root)
 
     def _find_datalist(self) -> dict[str, Any]:
         if self.datalist_path:

@@ -58,6 +58,7 @@ __all__ = [
     "write_datalist",
     "read_datalist",
     "select_split",
+    "fixed_split",
     "summarize",
     "check_case",
 ]
@@ -656,6 +657,28 @@ def split_entries(
 
 def _has_label(entry: dict[str, Any]) -> bool:
     return "label" in entry or "slices" in entry
+
+
+def fixed_split(
+    datalist: dict[str, Any], val_cases: list[str], source: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Re-split a datalist so that exactly ``val_cases`` validate and every other labelled case
+    trains (a fixed, patient-level split: the DataModule's ``val_cases``).
+
+    Raises:
+        BtsInputError: a case of ``val_cases`` is not among the labelled cases (names ``source``).
+    """
+    labelled = datalist["training"] + datalist.get("validation", [])
+    ids = {e["case_id"] for e in labelled}
+    missing = [c for c in val_cases if c not in ids]
+    if missing:
+        raise BtsInputError(source, f"val_cases not found among the labelled cases: {missing}")
+    wanted = set(val_cases)
+    out = dict(datalist)
+    out["training"] = [{k: v for k, v in e.items() if k != "fold"} for e in labelled if e["case_id"] not in wanted]
+    out["validation"] = [{k: v for k, v in e.items() if k != "fold"} for e in labelled if e["case_id"] in wanted]
+    out["split"] = {"mode": "fixed", "val_cases": sorted(wanted)}
+    return out
 
 
 def select_split(datalist: dict[str, Any], fold: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -28,7 +28,7 @@ from bts_monai.model.spec import (
     sha256_file,
 )
 
-__all__ = ["load_checkpoint", "read_inference_config", "TRUSTED_NETWORK_PACKAGES", "REQUIRED_KEYS"]
+__all__ = ["load_checkpoint", "read_inference_config", "read_val_cases", "TRUSTED_NETWORK_PACKAGES", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "net",
@@ -84,6 +84,17 @@ def read_inference_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path)
     return _full_config(path, _read(path, "cpu"))
+
+
+def read_val_cases(path: str | os.PathLike[str]) -> list[str]:
+    """The fixed validation cases (the DataModule's ``val_cases``) the checkpoint trained with;
+    empty when its split was a seeded hold-out or folds.
+
+    Raises:
+        BtsInputError: missing, corrupt or foreign file.
+    """
+    hparams = _read(Path(path), "cpu").get("datamodule_hyper_parameters") or {}
+    return [str(c) for c in hparams.get("val_cases") or []]
 
 
 def _full_config(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:

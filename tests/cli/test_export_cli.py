@@ -115,3 +115,42 @@ def test_package_records_each_validation_case_from_the_eval_csv(ckpt: Path, tmp_
     assert validation["per_case"]["WT"]["a"]["dice"] == 1.0 > validation["per_case"]["WT"]["b"]["dice"]
     wt_mean = validation["mean_per_region"]["WT"]["dice"]
     assert wt_mean == pytest.approx(np.mean([validation["per_case"]["WT"][c]["dice"] for c in "ab"]), abs=1e-4)
+
+
+def _split_file(path: Path) -> Path:
+    """A datalist as the DataModule writes it to splits/: a seeded hold-out, before val_cases."""
+    entry = {"dataset": "brats2018", "scheme": "brats2021"}
+    data = {
+        "split": {"mode": "holdout", "val_fraction": 0.25, "seed": 0},
+        "training": [{"case_id": c, **entry} for c in ("c0", "c1", "c2")],
+        "validation": [{"case_id": "c3", **entry}],
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("val_cases", [["c2"], []])
+def test_package_records_the_split_that_trained(ckpt: Path, tmp_path: Path, val_cases: list[str]) -> None:
+    """--split is the datalist file; a checkpoint trained with fixed val_cases re-splits it so."""
+    run = torch.load(ckpt, weights_only=True)
+    run["datamodule_hyper_parameters"] = {"val_cases": val_cases, "seed": 0}  # as Lightning saves it
+    torch.save(run, tmp_path / "run.ckpt")
+    split = _split_file(tmp_path / "split.json")
+    assert main([str(tmp_path / "run.ckpt"), "tiny", "--out", str(tmp_path / "m"), "--split", str(split)]) == 0
+    data = json.loads((tmp_path / "m" / "tiny" / "metadata.json").read_text())["training_data"]
+    if val_cases:
+        assert data["train_cases"] == ["c0", "c1", "c3"] and data["val_cases"] == ["c2"]
+        assert data["split"] == {"mode": "fixed", "val_cases": ["c2"]}
+    else:  # no fixed split: the file's own
+        assert data["train_cases"] == ["c0", "c1", "c2"] and data["val_cases"] == ["c3"]
+        assert data["split"]["mode"] == "holdout"
+
+
+def test_package_refuses_val_cases_missing_from_the_split(ckpt: Path, tmp_path: Path, one_line_error) -> None:
+    run = torch.load(ckpt, weights_only=True)
+    run["datamodule_hyper_parameters"] = {"val_cases": ["elsewhere"]}
+    torch.save(run, tmp_path / "run.ckpt")
+    split = _split_file(tmp_path / "split.json")
+    assert main([str(tmp_path / "run.ckpt"), "tiny", "--out", str(tmp_path / "m"), "--split", str(split)]) == 2
+    one_line_error("split.json", "val_cases not found", "elsewhere")
+    assert not (tmp_path / "m").exists()
