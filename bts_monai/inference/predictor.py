@@ -58,7 +58,7 @@ from bts_monai.inference.io import (
 from bts_monai.inference.overlay import png_bytes, three_plane_overlay
 from bts_monai.inference.postprocess import check_postprocess, postprocess_masks
 from bts_monai.inference.report import check_report_path, format_report, provenance, volume_report, write_report
-from bts_monai.inference.sharding import outputs_complete, part_path, segmentation_labels, select_part
+from bts_monai.inference.sharding import outputs_complete, part_path, same_grid, segmentation_labels, select_part
 from bts_monai.labels import LabelScheme, convert_labels, get_scheme
 from bts_monai.model.spec import check_settings, inference_settings
 
@@ -1015,7 +1015,11 @@ class Predictor:
             targets = output_files(
                 read.seg_path, self.region_names, probabilities, report, read.overlay_path, read.seg_dcm
             )
-            if skip_existing and outputs_complete(targets):
+            if (
+                skip_existing
+                and outputs_complete(targets)
+                and same_grid(read.seg_path, case_input.kind, case_input.files, case_input.slices)
+            ):
                 read.result = self._skipped(case_input, targets, read.start)
                 return read
             if guard is not None:  # before the case is read and segmented, not after

@@ -11,8 +11,10 @@ one name (the same case id twice) go to the same part, where they are numbered a
 
 ``skip_existing`` (nnU-Net's ``--continue_prediction``) skips a case whose outputs are complete:
 the segmentation and every other per-case file the run asks for (probability maps, overlay, DICOM
-SEG) exist and read back whole. A missing or truncated one (a job killed while another program
-copied it, a full disk) makes the case run again and its files be replaced. The skipped cases'
+SEG) exist and read back whole, and the segmentation lies on the input's grid (same shape and
+affine for NIfTI input, one page per slice for TIFF). A missing or truncated one (a job killed
+while another program copied it, a full disk), or a segmentation of another scan under the same
+name, makes the case run again and its files be replaced. The skipped cases'
 volumes are counted from their segmentations, so a report still covers the whole part; they are
 taken to come from the same model and settings, as nnU-Net takes them.
 """
@@ -29,7 +31,15 @@ import numpy as np
 
 from bts_monai.errors import BtsInputError
 
-__all__ = ["check_part", "output_complete", "outputs_complete", "part_path", "select_part", "segmentation_labels"]
+__all__ = [
+    "check_part",
+    "output_complete",
+    "outputs_complete",
+    "part_path",
+    "same_grid",
+    "select_part",
+    "segmentation_labels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +129,36 @@ def output_complete(path: str | os.PathLike[str]) -> bool:
 def outputs_complete(paths: Iterable[str | os.PathLike[str]]) -> bool:
     """Whether every one of a case's outputs is complete (:func:`output_complete`)."""
     return all(output_complete(p) for p in paths)
+
+
+def same_grid(seg_path: str | os.PathLike[str], kind: str, files: dict[str, str], slices: Sequence[str]) -> bool:
+    """Whether a written segmentation lies on its input's grid: for NIfTI input (``kind``
+    ``"nifti"``/``"nifti4d"``, ``files`` the modality paths) the same spatial shape and affine as
+    the first file's header; for TIFF (``slices``) one page per slice. DICOM studies are not
+    checked (their grid is known only once the series are read). Only headers are read."""
+    p = Path(seg_path)
+    try:
+        if kind in ("nifti", "nifti4d") and files:
+            import nibabel as nib
+
+            seg: Any = nib.load(p)
+            ref: Any = nib.load(next(iter(files.values())))
+            same = tuple(seg.shape[:3]) == tuple(ref.shape[:3]) and np.allclose(
+                seg.affine, ref.affine, rtol=0, atol=1e-4
+            )
+        elif kind == "tiff" and slices:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                same = len(tif.pages) == len(slices)
+        else:
+            return True
+    except Exception as exc:  # an unreadable input is the case's own error, raised when it runs
+        logger.info("could not compare %s with its input (%s): the case runs again", p, exc)
+        return False
+    if not same:
+        logger.warning("%s is not on its input's grid (another scan's segmentation?): the case runs again", p)
+    return bool(same)
 
 
 def segmentation_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[float, ...] | None]:

@@ -159,6 +159,27 @@ def test_skip_existing_one_case(cases: Path, tiny_ckpt: Path, tmp_path: Path, ca
     assert output_complete(seg)
 
 
+@pytest.mark.parametrize("change", ["affine", "shape"])
+def test_skip_existing_redoes_a_segmentation_of_another_grid(cases: Path, tiny_ckpt: Path, tmp_path: Path, change):
+    """A complete file under the case's name but on another grid (another scan's, a resampled
+    copy) is not the case's output: the case runs again and the file is replaced."""
+    seg = tmp_path / "one.nii.gz"
+    argv = [str(cases / "b" / "BraTS2021_00001"), "--ckpt", str(tiny_ckpt), "-o", str(seg), *FAST]
+    assert main(argv) == 0
+    good = nib.load(seg)
+    data, affine = np.asarray(good.dataobj), good.affine.copy()
+    if change == "affine":
+        affine[0, 3] += 1.0  # one voxel over: same shape, another place
+    else:
+        data = data[:, :, :-1]
+    nib.save(nib.Nifti1Image(data, affine), str(seg))
+    assert output_complete(seg)
+    assert main([*argv, "--skip-existing"]) == 0
+    redone = nib.load(seg)
+    assert redone.shape == good.shape and np.array_equal(redone.affine, good.affine)
+    np.testing.assert_array_equal(np.asarray(redone.dataobj), np.asarray(good.dataobj))
+
+
 def test_part_path():
     assert part_path("r/volumes.csv", 1, 0) == Path("r/volumes.csv")
     assert part_path("r/volumes.csv", 4, 3) == Path("r/volumes.part3of4.csv")
