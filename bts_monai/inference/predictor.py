@@ -333,6 +333,31 @@ class CaseResult:
     skipped: bool = False
 
 
+def _open_checkpoint(
+    path: str | os.PathLike[str], trusted: bool
+) -> tuple[nn.Module | None, dict[str, Any], Callable[..., nn.Module] | None]:
+    """A training checkpoint: ``(network, config, None)``, or ``(None, config, build)`` when its
+    ONNX export is in the cache already (:func:`~bts_monai.inference.backends.cached_onnx`, keyed
+    by the checkpoint's SHA-256). The network is then built only if torch runs it: an ONNX
+    runtime needs neither MONAI nor the network (5.5 s of imports and the build on a DynUNet).
+    The export was made from this very file, so it built and loaded then; a checkpoint with no
+    export is built, and checked, at once, as before."""
+    from bts_monai.inference.backends import onnx_cache_dir
+    from bts_monai.model.checkpoint import load_checkpoint, read_inference_config
+    from bts_monai.model.spec import check_trusted, sha256_file
+
+    if not Path(path).is_file() or not (onnx_cache_dir() / f"{sha256_file(path)}.onnx").is_file():
+        net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
+        return net, config, None
+    config = read_inference_config(path)
+    check_trusted(config["net"]["class_path"], path, trusted)  # refused here, as when it is built
+
+    def build(map_location: str = "cpu") -> nn.Module:
+        return load_checkpoint(path, map_location=map_location, trusted=trusted)[0]
+
+    return None, config, build
+
+
 class Predictor:
     """Segment brain-tumour scans with a trained network, exactly as it was trained.
 
@@ -498,9 +523,7 @@ class Predictor:
             if is_model_folder(path):  # the network is built only if torch runs it (no torch import)
                 config, build = open_model_folder(path, trusted=trusted)
             else:
-                from bts_monai.model.checkpoint import load_checkpoint
-
-                net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
+                net, config, build = _open_checkpoint(path, trusted)
         except BtsInputError as exc:
             raise one_line(exc) from exc
         try:

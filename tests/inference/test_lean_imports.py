@@ -65,6 +65,29 @@ def test_cpu_prediction_on_a_runtime_imports_neither_torch_nor_monai(tmp_path: P
 
 
 @pytest.mark.slow
+def test_checkpoint_with_a_cached_export_builds_no_network(tmp_path: Path, tiny_ckpt: Path):
+    """``--ckpt`` on an ONNX runtime: once its export is cached, MONAI is not imported (the
+    network is built only for the export, or where torch runs it); the labels are the same."""
+    import numpy as np
+
+    case = marker_case(tmp_path / "in", np.array(AFFINE))
+    cache, first, again = tmp_path / "cache", tmp_path / "first.nii.gz", tmp_path / "again.nii.gz"
+    body = (
+        "import os\n"
+        f"os.environ['BTS_ONNX_CACHE'] = {str(cache)!r}\n"
+        "from bts_monai.cli.infer import main\n"
+        f"args = [{str(case)!r}, '--ckpt', {str(tiny_ckpt)!r}, '--backend', 'onnxruntime', '--device', 'cpu', '-q']\n"
+        "assert main(args + ['-o', OUT]) == 0\n"
+    )
+    assert "monai" in _loaded(body.replace("OUT", repr(str(first))), ("monai",))  # exported: built once
+    assert _loaded(body.replace("OUT", repr(str(again))), ("monai",)) == []
+    assert len(list(cache.glob("*.onnx"))) == 1
+    import nibabel as nib
+
+    np.testing.assert_array_equal(np.asarray(nib.load(again).dataobj), np.asarray(nib.load(first).dataobj))
+
+
+@pytest.mark.slow
 def test_predictor_and_serve_import_no_training_stack():
     pytest.importorskip("fastapi")
     body = (
