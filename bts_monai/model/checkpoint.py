@@ -28,7 +28,14 @@ from bts_monai.model.spec import (
     sha256_file,
 )
 
-__all__ = ["load_checkpoint", "read_inference_config", "read_val_cases", "TRUSTED_NETWORK_PACKAGES", "REQUIRED_KEYS"]
+__all__ = [
+    "load_checkpoint",
+    "read_inference_config",
+    "read_recipe",
+    "read_val_cases",
+    "TRUSTED_NETWORK_PACKAGES",
+    "REQUIRED_KEYS",
+]
 
 REQUIRED_KEYS: tuple[str, ...] = (
     "net",
@@ -95,6 +102,44 @@ def read_val_cases(path: str | os.PathLike[str]) -> list[str]:
     """
     hparams = _read(Path(path), "cpu").get("datamodule_hyper_parameters") or {}
     return [str(c) for c in hparams.get("val_cases") or []]
+
+
+RECIPE_DATA_KEYS: tuple[str, ...] = (
+    "roi_size",
+    "spacing",
+    "num_samples",
+    "batch_size",
+    "intensity",
+    "augment",
+    "spatial_augment",
+    "seed",
+)
+"""What :func:`read_recipe` keeps of the DataModule's hyper-parameters."""
+
+
+def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """How the checkpoint was trained, from what Lightning saved in it: the optimizer and LR
+    schedule (class and arguments), the loss (``None``: the module's DiceCE), deep-supervision
+    weights, the patches, spacing, augmentation and seed of the DataModule, and the epochs and
+    optimizer steps done. A packaged model's ``metadata.json`` records it as ``recipe``.
+
+    Raises:
+        BtsInputError: missing, corrupt or foreign file.
+    """
+    ckpt = _read(Path(path), "cpu")
+    module = ckpt.get("hyper_parameters") or {}
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    recipe: dict[str, Any] = {
+        key: module.get(key)
+        for key in ("optimizer", "lr_scheduler", "scheduler_interval", "loss", "deep_supervision_weights")
+        if key in module
+    }
+    if recipe.get("loss") is None and "loss" in recipe:
+        recipe["loss"] = "DiceCELoss (the module's default for the label mode)"
+    recipe["data"] = {key: data[key] for key in RECIPE_DATA_KEYS if key in data}
+    recipe["epochs"] = int(ckpt.get("epoch", -1)) + 1
+    recipe["optimizer_steps"] = int(ckpt.get("global_step", 0))
+    return recipe
 
 
 def _full_config(path: Path, ckpt: dict[str, Any]) -> dict[str, Any]:

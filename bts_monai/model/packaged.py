@@ -364,9 +364,10 @@ def export_model(
     import torch
     from safetensors.torch import save_file
 
-    from bts_monai.model.checkpoint import load_checkpoint
+    from bts_monai.model.checkpoint import load_checkpoint, read_recipe
 
     net, config = load_checkpoint(ckpt, trusted=trusted)
+    recipe = read_recipe(ckpt)
     scheme = get_scheme(config["scheme"])
     folder = Path(out_root) / name
     weights = folder / WEIGHTS_NAME
@@ -388,6 +389,7 @@ def export_model(
         "regions": {r: list(v) for r, v in scheme.regions.items()},
         "output_label_values": scheme.all_values,
         "training_data": training_data or {},
+        "recipe": recipe,
         "validation": validation or {},
         "package_versions": package_versions(),
         "reproduce": reproduce or {},

@@ -154,3 +154,20 @@ def test_package_refuses_val_cases_missing_from_the_split(ckpt: Path, tmp_path: 
     assert main([str(tmp_path / "run.ckpt"), "tiny", "--out", str(tmp_path / "m"), "--split", str(split)]) == 2
     one_line_error("split.json", "val_cases not found", "elsewhere")
     assert not (tmp_path / "m").exists()
+
+
+def test_package_records_the_recipe_lightning_saved(ckpt: Path, tmp_path: Path) -> None:
+    """metadata.json's ``recipe``: optimizer, schedule, loss, patches, augmentation, epochs, as trained."""
+    run = torch.load(ckpt, weights_only=True)
+    optimizer = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "weight_decay": 1e-05}}
+    scheduler = {"class_path": "torch.optim.lr_scheduler.PolynomialLR", "init_args": {"total_iters": 120}}
+    run.update(epoch=119, global_step=1680)
+    run["hyper_parameters"] = {"optimizer": optimizer, "lr_scheduler": scheduler, "loss": None, "sw_overlap": 0.5}
+    run["datamodule_hyper_parameters"] = {"roi_size": [64, 64, 64], "spatial_augment": True, "seed": 0, "cache": "x"}
+    torch.save(run, tmp_path / "run.ckpt")
+    assert main([str(tmp_path / "run.ckpt"), "tiny", "--out", str(tmp_path / "m")]) == 0
+    recipe = json.loads((tmp_path / "m" / "tiny" / "metadata.json").read_text())["recipe"]
+    assert recipe["optimizer"] == optimizer and recipe["lr_scheduler"] == scheduler
+    assert recipe["loss"].startswith("DiceCELoss")
+    assert recipe["data"] == {"roi_size": [64, 64, 64], "spatial_augment": True, "seed": 0}
+    assert recipe["epochs"] == 120 and recipe["optimizer_steps"] == 1680
