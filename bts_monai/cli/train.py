@@ -64,7 +64,9 @@ class BtsLightningCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/dice_mean",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                # last.ckpt is CheckpointOnStop's, written after every epoch: Lightning's save_last
+                # copies only a top-k save, i.e. the best epoch (see CheckpointOnStop).
+                "checkpoint.save_last": False,
                 "checkpoint.save_top_k": 1,
                 "checkpoint.filename": "best-epoch{epoch:03d}-dice{val/dice_mean:.4f}",
                 "checkpoint.auto_insert_metric_name": False,

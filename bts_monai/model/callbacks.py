@@ -215,7 +215,15 @@ def _safe_name(name: str) -> str:
 
 
 class CheckpointOnStop(Callback):
-    """Save a resumable ``last.ckpt`` when the run is stopped by SIGTERM (what schedulers send).
+    """Keep ``last.ckpt`` the state of the last finished epoch, and save it when the run is
+    stopped by SIGTERM (what schedulers send).
+
+    Every epoch: Lightning's ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it
+    saves a top-k checkpoint (Lightning 2.x), so with ``save_top_k=1`` on the validation Dice it
+    is the *best* epoch's weights, not the last: a fixed schedule's "last checkpoint" would be
+    chosen on the validation cases. This saves the whole state after each training epoch (after
+    its validation), atomically, so ``last.ckpt`` is the schedule's end when ``fit`` ends and a
+    killed run loses at most one epoch.
 
     Lightning turns SIGTERM into a ``SIGTERMException`` after the training batch in progress (or
     during validation), which would end ``fit`` with nothing saved since the last validation.
@@ -250,6 +258,12 @@ class CheckpointOnStop(Callback):
         """Forget a previous fit's checkpoint."""
         self.saved = None
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After each epoch (and its validation): ``last.ckpt`` is this state."""
+        if trainer.sanity_checking or trainer.received_sigterm:
+            return
+        self._save(trainer, quiet=True)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """After a step, if any process got SIGTERM: save, and make every process stop here."""
         stop = bool(trainer.received_sigterm)
@@ -267,7 +281,7 @@ class CheckpointOnStop(Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.saved is None:
             self._save(trainer)
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    def _save(self, trainer: pl.Trainer, quiet: bool = False) -> None:
         path = self.path(trainer)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         if trainer.is_global_zero:
@@ -275,6 +289,9 @@ class CheckpointOnStop(Callback):
         trainer.save_checkpoint(tmp)  # every rank takes part; rank zero writes
         if trainer.is_global_zero:
             os.replace(tmp, path)  # atomic: a kill now leaves the previous last.ckpt whole
+        if quiet:
+            return
+        if trainer.is_global_zero:
             logger.warning(
                 "stopped by SIGTERM at epoch %d, step %d: saved %s (resume with --ckpt_path last)",
                 trainer.current_epoch,

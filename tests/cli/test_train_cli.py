@@ -99,6 +99,24 @@ def test_fit_leaves_checkpoints_logs_and_pictures(brats21_root: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_last_checkpoint_is_the_last_epoch_not_the_best(brats21_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """A fixed schedule ships ``last.ckpt``: it must hold the final weights even when the best
+    (monitored) epoch is an earlier one. Monitoring "epoch" with mode min makes epoch 0 the best."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    cli = run_cli(tiny_args(brats21_root, run, "--checkpoint.monitor=epoch", "--checkpoint.mode=min"))
+    (best_path,) = (run / "checkpoints").glob("best-*")
+    assert best_path.name.startswith("best-epoch000")
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0 and last["epoch"] == 1 and last["global_step"] == cli.trainer.global_step
+    final = cli.model.state_dict()
+    assert last["state_dict"].keys() == final.keys()
+    for key, value in final.items():
+        assert torch.equal(last["state_dict"][key], value), key
+
+
+@pytest.mark.slow
 def test_resume_continues_the_run(brats21_root: Path, tmp_path: Path, monkeypatch) -> None:
     """Stop after epoch 1, resume with --ckpt_path last: epoch, step, optimizer and curve continue."""
     monkeypatch.chdir(tmp_path)
