@@ -33,6 +33,7 @@ from bts_monai.model.spec import (
     check_trusted,
     load_weights,
     sha256_file,
+    unique_state,
 )
 
 __all__ = [
@@ -371,7 +372,8 @@ def export_model(
     scheme = get_scheme(config["scheme"])
     folder = Path(out_root) / name
     weights = folder / WEIGHTS_NAME
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in net.state_dict().items()}
+    # each tensor once: a module registered twice (DynUNet's skip_layers) would double the file
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in unique_state(net).items()}
     overflow = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if overflow:
         raise BtsInputError(ckpt, f"weight {overflow[0]} does not fit float16 (values beyond +-65504)")
@@ -405,7 +407,7 @@ def export_model(
         },
     }
     if onnx:  # the export runs the float16-rounded weights, exactly what the package holds
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        load_weights(net, {k: v.float() for k, v in state.items()}, weights)
         meta["onnx"] = write_packaged_onnx(net.cpu().eval(), config, folder, meta["weights"]["sha256"])
     validate_metadata(meta, folder / METADATA_NAME)
     write_text(folder / METADATA_NAME, json.dumps(meta, indent=2) + "\n")

@@ -164,9 +164,33 @@ def check_trusted(class_path: str, path: str | os.PathLike[str] | None, trusted:
         )
 
 
+def state_aliases(net: nn.Module) -> dict[str, str]:
+    """State-dict keys that name a tensor an earlier key names already -> that earlier key.
+
+    Some networks register one module under two attributes (MONAI's DynUNet keeps its blocks in
+    ``input_block``/``downsamples``/... and again in the nested ``skip_layers``), so
+    ``state_dict()`` lists each of those weights twice. A packaged model stores each tensor once
+    (:func:`unique_state`); :func:`load_weights` fills the aliases back in.
+    """
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for key, tensor in net.state_dict(keep_vars=True).items():
+        owner = first.setdefault(id(tensor), key)
+        if owner != key:
+            aliases[key] = owner
+    return aliases
+
+
+def unique_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """``net.state_dict()`` without the keys of :func:`state_aliases` (each tensor once)."""
+    aliases = state_aliases(net)
+    return {k: v for k, v in net.state_dict().items() if k not in aliases}
+
+
 def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str] | None) -> None:
     """Put a state dict into ``net`` after checking it: every tensor present, none reshaped, no
-    unexpected ones, all values finite. Floating tensors are cast to the network's dtype.
+    unexpected ones, all values finite. Floating tensors are cast to the network's dtype. A key
+    the network holds twice (:func:`state_aliases`) may be given once.
 
     Raises:
         BtsInputError: one line naming ``path`` and the first problem found.
@@ -174,6 +198,9 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
     import torch
 
     expected = net.state_dict()
+    aliases = state_aliases(net)
+    if any(k not in state and v in state for k, v in aliases.items()):
+        state = {**state, **{k: state[v] for k, v in aliases.items() if k not in state and v in state}}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing:

@@ -94,3 +94,26 @@ def test_models_are_inside_the_wheel_and_load_from_it(tmp_path: Path):
         packaged = load_packaged(model)[0].state_dict()
         for key, value in state.items():
             np.testing.assert_array_equal(value.float().numpy(), packaged[key].numpy())
+
+
+def test_a_module_registered_twice_is_stored_once_and_loads_back():
+    """MONAI's DynUNet lists each block's weights twice (its nested skip_layers): a packaged model
+    stores them once, and loading fills the other names in (strict: nothing missing)."""
+    import torch
+    from monai.networks.nets import DynUNet
+
+    from bts_monai.model.spec import load_weights, state_aliases, unique_state
+
+    def net() -> DynUNet:
+        return DynUNet(
+            3, 2, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2], filters=[4, 8, 16]
+        )
+
+    torch.manual_seed(0)
+    source, target = net(), net()
+    full, once = source.state_dict(), unique_state(source)
+    assert state_aliases(source) and len(once) < len(full)
+    assert set(once) | set(state_aliases(source)) == set(full)
+    load_weights(target, once, None)
+    for key, value in full.items():
+        assert torch.equal(target.state_dict()[key], value), key
