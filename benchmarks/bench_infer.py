@@ -149,6 +149,15 @@ def _reference_model(source: Path) -> tuple[Any, dict[str, Any]]:
         spec = cfg["net"]
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net = getattr(nets, spec["class_path"].rsplit(".", 1)[1])(**spec["init_args"])
+    # A packaged model stores a tensor the network registers under two names once (DynUNet's
+    # skip_layers): give every name of the same tensor its stored value, then load strictly.
+    names: dict[int, list[str]] = {}
+    for key, tensor in net.state_dict(keep_vars=True).items():
+        names.setdefault(id(tensor), []).append(key)
+    for group in names.values():
+        stored = next((state[k] for k in group if k in state), None)
+        if stored is not None:
+            state = {**{k: stored for k in group}, **state}
     net.load_state_dict({k: v.float() for k, v in state.items()})
     return net.eval(), cfg
 
