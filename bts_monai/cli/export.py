@@ -94,39 +94,41 @@ def _split_cases(path: str | None, ckpt: str) -> dict[str, Any]:
     }
 
 
-def _means(path: str | None) -> dict[str, dict[str, float]]:
-    """Per region: the mean of each metric (the summary rows of a bts-eval CSV)."""
+def _eval_rows(path: str | None) -> list[dict[str, str]]:
+    """The rows of a bts-eval CSV (none without one)."""
     if not path:
-        return {}
-    out: dict[str, dict[str, float]] = {}
+        return []
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("case_id") == "summary" and row.get("statistic") == "mean":
-                out[row["region"]] = {
-                    k: round(float(v), 4)
-                    for k, v in row.items()
-                    if k not in ("case_id", "region", "statistic") and v not in ("", None) and _is_number(v)
-                }
-    return out
+        return list(csv.DictReader(f))
+
+
+def _means(rows: list[dict[str, str]]) -> dict[str, dict[str, float]]:
+    """Per region: the mean of each metric (the summary rows of a bts-eval CSV)."""
+    return {
+        row["region"]: {
+            k: round(float(v), 4)
+            for k, v in row.items()
+            if k not in ("case_id", "region", "statistic") and v not in ("", None) and _is_number(v)
+        }
+        for row in rows
+        if row.get("case_id") == "summary" and row.get("statistic") == "mean"
+    }
 
 
 PER_CASE_METRICS = ("dice", "hd95")
 """What ``--eval-csv`` records of each validation case (the model card's per-case table)."""
 
 
-def _per_case(path: str | None) -> dict[str, dict[str, dict[str, float]]]:
+def _per_case(rows: list[dict[str, str]]) -> dict[str, dict[str, dict[str, float]]]:
     """Per region, per case: Dice and HD95 (the case rows of a bts-eval CSV); an empty HD95
     (an empty region) is left out."""
-    if not path:
-        return {}
     out: dict[str, dict[str, dict[str, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("case_id") in (None, "", "summary"):
-                continue
-            out.setdefault(row["region"], {})[row["case_id"]] = {
-                k: round(float(row[k]), 4) for k in PER_CASE_METRICS if _is_number(row.get(k) or "")
-            }
+    for row in rows:
+        if row.get("case_id") in (None, "", "summary"):
+            continue
+        out.setdefault(row["region"], {})[row["case_id"]] = {
+            k: round(float(row[k]), 4) for k in PER_CASE_METRICS if _is_number(row.get(k) or "")
+        }
     return out
 
 
@@ -152,9 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(args.ckpt, args.onnx, args.bundle, args.trusted)
     if not args.name:
         parser.error("give NAME to package the checkpoint as, or --onnx / --bundle")
-    validation: dict[str, Any] = {"mean_per_region": _means(args.eval_csv), "per_case": _per_case(args.eval_csv)}
+    rows = _eval_rows(args.eval_csv)
+    validation: dict[str, Any] = {"mean_per_region": _means(rows), "per_case": _per_case(rows)}
     if args.baseline_csv:
-        validation["untrained_mean_per_region"] = _means(args.baseline_csv)
+        validation["untrained_mean_per_region"] = _means(_eval_rows(args.baseline_csv))
     folder = export_model(
         args.ckpt,
         args.name,

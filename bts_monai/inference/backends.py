@@ -460,7 +460,7 @@ def store_float16_weights(path: str | os.PathLike[str], min_size: int = 16) -> i
 
     model = onnx.load(str(path))
     graph = model.graph
-    casts, kept, converted = [], [], 0
+    casts, kept = [], []
     for init in graph.initializer:
         if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) < min_size:
             kept.append(init)
@@ -473,8 +473,7 @@ def store_float16_weights(path: str | os.PathLike[str], min_size: int = 16) -> i
         stored = numpy_helper.from_array(half, f"{init.name}__float16")
         kept.append(stored)
         casts.append(helper.make_node("Cast", [stored.name], [init.name], to=TensorProto.FLOAT))
-        converted += 1
-    if not converted:
+    if not casts:
         return 0
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -483,7 +482,7 @@ def store_float16_weights(path: str | os.PathLike[str], min_size: int = 16) -> i
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    return converted
+    return len(casts)
 
 
 def check_export(net: nn.Module, onnx_path: str | os.PathLike[str], example: torch.Tensor) -> dict[str, Any]:

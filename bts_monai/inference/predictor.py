@@ -343,14 +343,12 @@ def _open_checkpoint(
     The export was made from this very file, so it built and loaded then; a checkpoint with no
     export is built, and checked, at once, as before."""
     from bts_monai.inference.backends import onnx_cache_dir
-    from bts_monai.model.checkpoint import load_checkpoint, read_inference_config
-    from bts_monai.model.spec import check_trusted, sha256_file
+    from bts_monai.model.checkpoint import load_checkpoint, network_from, read_checkpoint
 
-    if not Path(path).is_file() or not (onnx_cache_dir() / f"{sha256_file(path)}.onnx").is_file():
-        net, config = load_checkpoint(path, map_location="cpu", trusted=trusted)
-        return net, config, None
-    config = read_inference_config(path)
-    check_trusted(config["net"]["class_path"], path, trusted)  # refused here, as when it is built
+    ckpt, config = read_checkpoint(path, "cpu", trusted)  # read and hashed once; untrusted refused here
+    if not (onnx_cache_dir() / f"{config['weights_sha256']}.onnx").is_file():
+        return network_from(ckpt, config, path), config, None
+    del ckpt  # not kept for the run: a torch run (rare beside a cached export) reads it again
 
     def build(map_location: str = "cpu") -> nn.Module:
         return load_checkpoint(path, map_location=map_location, trusted=trusted)[0]

@@ -262,7 +262,7 @@ class CheckpointOnStop(Callback):
         """After each epoch (and its validation): ``last.ckpt`` is this state."""
         if trainer.sanity_checking or trainer.received_sigterm:
             return
-        self._save(trainer, quiet=True)
+        self._write(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """After a step, if any process got SIGTERM: save, and make every process stop here."""
@@ -281,16 +281,20 @@ class CheckpointOnStop(Callback):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit" and self.saved is None:
             self._save(trainer)
 
-    def _save(self, trainer: pl.Trainer, quiet: bool = False) -> None:
+    def _write(self, trainer: pl.Trainer) -> Path:
+        """``last.ckpt``, atomically: a kill while writing leaves the previous one whole."""
         path = self.path(trainer)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         if trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(tmp)  # every rank takes part; rank zero writes
         if trainer.is_global_zero:
-            os.replace(tmp, path)  # atomic: a kill now leaves the previous last.ckpt whole
-        if quiet:
-            return
+            os.replace(tmp, path)
+        return path
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        """The SIGTERM save: written, said, and remembered (so the exception does not save again)."""
+        path = self._write(trainer)
         if trainer.is_global_zero:
             logger.warning(
                 "stopped by SIGTERM at epoch %d, step %d: saved %s (resume with --ckpt_path last)",

@@ -31,8 +31,10 @@ from bts_monai.model.spec import (
 __all__ = [
     "load_checkpoint",
     "read_inference_config",
-    "read_recipe",
+    "network_from",
+    "read_checkpoint",
     "read_val_cases",
+    "recipe_of",
     "TRUSTED_NETWORK_PACKAGES",
     "REQUIRED_KEYS",
 ]
@@ -114,19 +116,15 @@ RECIPE_DATA_KEYS: tuple[str, ...] = (
     "spatial_augment",
     "seed",
 )
-"""What :func:`read_recipe` keeps of the DataModule's hyper-parameters."""
+"""What :func:`recipe_of` keeps of the DataModule's hyper-parameters."""
 
 
-def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """How the checkpoint was trained, from what Lightning saved in it: the optimizer and LR
-    schedule (class and arguments), the loss (``None``: the module's DiceCE), deep-supervision
-    weights, the patches, spacing, augmentation and seed of the DataModule, and the epochs and
-    optimizer steps done. A packaged model's ``metadata.json`` records it as ``recipe``.
-
-    Raises:
-        BtsInputError: missing, corrupt or foreign file.
-    """
-    ckpt = _read(Path(path), "cpu")
+def recipe_of(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """How a checkpoint (a :func:`read_checkpoint` dict) was trained, from what Lightning saved
+    in it: the optimizer and LR schedule (class and arguments), the loss (``None``: the module's
+    DiceCE), deep-supervision weights, the patches, spacing, augmentation and seed of the
+    DataModule, and the epochs and optimizer steps done. A packaged model's ``metadata.json``
+    records it as ``recipe``."""
     module = ckpt.get("hyper_parameters") or {}
     data = ckpt.get("datamodule_hyper_parameters") or {}
     recipe: dict[str, Any] = {
@@ -180,10 +178,40 @@ def load_checkpoint(
             project, names an untrusted network class, or its weights do not fit the network.
     """
     path = Path(path)
+    ckpt, config = read_checkpoint(path, map_location, trusted)
+    return network_from(ckpt, config, path, map_location), config
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", trusted: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first half of :func:`load_checkpoint`: the file read once (and hashed once) and its
+    inference config checked, the network class refused if untrusted; no network is built.
+    Returns ``(the checkpoint dict, the inference config)``.
+
+    Raises:
+        BtsInputError: as :func:`load_checkpoint`, but for the weights' fit.
+    """
+    path = Path(path)
     ckpt = _read(path, map_location)
     config = _full_config(path, ckpt)
+    check_trusted(config["net"]["class_path"], path, trusted)
+    return ckpt, config
+
+
+def network_from(
+    ckpt: dict[str, Any],
+    config: dict[str, Any],
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+) -> nn.Module:
+    """The second half of :func:`load_checkpoint`: the network of a :func:`read_checkpoint`
+    result, with its weights, in eval mode on ``map_location``.
+
+    Raises:
+        BtsInputError: the network cannot be built, or the weights do not fit it.
+    """
     class_path = config["net"]["class_path"]
-    check_trusted(class_path, path, trusted)
     try:
         net = build_network(class_path, config["net"]["init_args"])
     except Exception as exc:
@@ -193,4 +221,4 @@ def load_checkpoint(
     load_weights(net, weights, path)
     net.to(map_location)
     net.eval()
-    return net, config
+    return net

@@ -365,10 +365,11 @@ def export_model(
     import torch
     from safetensors.torch import save_file
 
-    from bts_monai.model.checkpoint import load_checkpoint, read_recipe
+    from bts_monai.model.checkpoint import network_from, read_checkpoint, recipe_of
 
-    net, config = load_checkpoint(ckpt, trusted=trusted)
-    recipe = read_recipe(ckpt)
+    saved, config = read_checkpoint(ckpt, trusted=trusted)
+    net, recipe = network_from(saved, config, ckpt), recipe_of(saved)
+    del saved
     scheme = get_scheme(config["scheme"])
     folder = Path(out_root) / name
     weights = folder / WEIGHTS_NAME

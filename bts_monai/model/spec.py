@@ -198,9 +198,9 @@ def load_weights(net: nn.Module, state: Mapping[str, torch.Tensor], path: str | 
     import torch
 
     expected = net.state_dict()
-    aliases = state_aliases(net)
-    if any(k not in state and v in state for k, v in aliases.items()):
-        state = {**state, **{k: state[v] for k, v in aliases.items() if k not in state and v in state}}
+    filled = {k: state[v] for k, v in state_aliases(net).items() if k not in state and v in state}
+    if filled:
+        state = {**state, **filled}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing:
